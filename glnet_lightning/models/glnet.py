@@ -1,0 +1,315 @@
+"""GLNet: a four-stage backbone of GLMix blocks (NeurIPS 2024), registered with timm.
+
+Usage::
+
+    import glnet_lightning, timm
+    model = timm.create_model("glnet_stl", num_classes=10, num_slots=49, kernel_size=7)
+    model = timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file="glnet_4g.pth"))
+
+Strategies (local/global branch, clustering, slot init, fusion) come from ``strategies.py``;
+``num_slots``, ``kernel_size``, ``window_size``, ``slot_init`` and ``clustering`` are shortcuts
+that change one setting of the configured strategies, per stage when given a list of 4.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from torch import nn
+
+from .blocks import BLOCK_TYPES, GLMixBlock
+from .layers import STEMS, TRANSITIONS, check_head_dim
+from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal
+
+__all__ = ["GLNet", "GLNetStage", "checkpoint_filter_fn"]
+
+
+def _per_stage(value: Any, num_stages: int, name: str) -> list:
+    """Broadcast a setting to all stages, or take a list with one entry per stage."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_stages:
+            raise ValueError(f"{name} has {len(value)} entries but the model has {num_stages} stages; give one value or one per stage")
+        return list(value)
+    return [value] * num_stages
+
+
+def _block_kinds(pattern: str, depth: int, stage: int) -> list[str]:
+    """'glmix.mha_nchw' alternates the dotted kinds across the stage's blocks, starting with the first."""
+    kinds = pattern.split(".")
+    bad = [k for k in kinds if k not in BLOCK_TYPES]
+    if bad:
+        raise ValueError(
+            f"stage_mixers[{stage}]={pattern!r}: unknown block type(s) {bad}; use {sorted(BLOCK_TYPES)} "
+            f"or dotted alternations such as 'glmix.mha_nchw'"
+        )
+    return [kinds[i % len(kinds)] for i in range(depth)]
+
+
+_SHORTCUTS = {
+    # shortcut -> (which strategy it edits, the strategy class it applies to, the field)
+    "kernel_size": ("local", DWConvLocal, "kernel_size"),
+    "window_size": ("local", WindowMHSALocal, "window_size"),
+    "num_slots": ("global_branch", SlotAttentionGlobal, "num_slots"),
+    "slot_init": ("global_branch", SlotAttentionGlobal, "slot_init"),
+    "clustering": ("global_branch", SlotAttentionGlobal, "clustering"),
+}
+
+
+def _mixer_config(stage: int, local: Any, global_branch: Any, fusion: Any, shortcuts: dict[str, Any]) -> GLMixConfig:
+    config = GLMixConfig(local=local, global_branch=global_branch, fusion=fusion)
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        attr, cls, field = _SHORTCUTS[key]
+        strategy = getattr(config, attr)
+        if not isinstance(strategy, cls):
+            current = strategy.spec()["name"] if strategy else "none"
+            raise ValueError(
+                f"stage {stage}: {key}={value!r} applies to {attr}={cls.name!r}, but {attr} is {current!r}; "
+                f"drop {key} or choose {attr}={cls.name!r}"
+            )
+        config = dataclasses.replace(config, **{attr: dataclasses.replace(strategy, **{field: value})})
+    return config
+
+
+class GLNetStage(nn.Module):
+    """Downsampling (identity for the first stage, the stem runs before) followed by the blocks."""
+
+    def __init__(self, downsample: nn.Module | None, blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.downsample = downsample if downsample is not None else nn.Identity()
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class GLNet(nn.Module):
+    """Four stages of GLMix / attention blocks with downsampling between, then BN -> avg pool -> Linear."""
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        dims: Sequence[int] = (96, 192, 384, 768),
+        stage_mixers: Sequence[str] = ("glmix", "glmix", "glmix", "mha"),
+        mlp_ratios: float | Sequence[float] = 4.0,
+        head_dim: int = 32,
+        stem: str = "patch",
+        transition: str = "norm_conv",
+        cpe_kernel: int = 0,
+        mlp_dwconv: bool = False,
+        layer_scale: float | None = None,
+        local: Any = "dwconv",
+        global_branch: Any = "slots",
+        fusion: Any = "parallel",
+        kernel_size: int | Sequence[int] | None = None,
+        window_size: int | Sequence[int] | None = None,
+        num_slots: int | Sequence[int] | None = None,
+        slot_init: Any = None,
+        clustering: Any = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        n = len(depths)
+        if not (len(dims) == len(stage_mixers) == n) or n < 1:
+            raise ValueError(f"depths ({len(depths)}), dims ({len(dims)}) and stage_mixers ({len(stage_mixers)}) need one entry per stage")
+        if any(int(d) < 1 for d in depths):
+            raise ValueError(f"depths={list(depths)}: every stage needs at least one block")
+        if stem not in STEMS:
+            raise ValueError(f"unknown stem {stem!r}; choose one of {sorted(STEMS)}")
+        if transition not in TRANSITIONS:
+            raise ValueError(f"unknown transition {transition!r}; choose one of {sorted(TRANSITIONS)}")
+        if cpe_kernel and (cpe_kernel < 1 or cpe_kernel % 2 == 0):
+            raise ValueError(f"cpe_kernel={cpe_kernel} is invalid: use 0 (no CPE) or an odd kernel size such as 3")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool={global_pool!r} is not supported; use 'avg' or '' (no pooling)")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
+
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = dims[-1]
+        mlp_ratios = _per_stage(mlp_ratios, n, "mlp_ratios")
+        per_stage = {name: _per_stage(value, n, name) for name, value in dict(
+            local=local, global_branch=global_branch, fusion=fusion, kernel_size=kernel_size,
+            window_size=window_size, num_slots=num_slots, slot_init=slot_init, clustering=clustering).items()}
+
+        self.stem = STEMS[stem](in_chans, dims[0])
+        drop_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, self.feature_info, reduction, cursor = [], [], 4, 0
+        self.mixer_configs: list[GLMixConfig | None] = []
+        for i in range(n):
+            kinds = _block_kinds(stage_mixers[i], depths[i], i)
+            config = None
+            if "glmix" in kinds:
+                config = _mixer_config(i, *(per_stage[k][i] for k in ("local", "global_branch", "fusion")),
+                                       {k: per_stage[k][i] for k in _SHORTCUTS})
+            if "mha" in kinds or "mha_nchw" in kinds or config is not None:
+                check_head_dim(dims[i], head_dim, f"stage {i} (dims[{i}])")
+            self.mixer_configs.append(config)
+            blocks = [
+                BLOCK_TYPES[kind](
+                    dims[i], mixer=config, head_dim=head_dim, mlp_ratio=mlp_ratios[i], cpe_kernel=cpe_kernel,
+                    mlp_dwconv=mlp_dwconv, layer_scale_init=layer_scale, drop_path=drop_rates[cursor + j],
+                ) if kind == "glmix" else BLOCK_TYPES[kind](
+                    dims[i], head_dim=head_dim, mlp_ratio=mlp_ratios[i], cpe_kernel=cpe_kernel,
+                    mlp_dwconv=mlp_dwconv, layer_scale_init=layer_scale, drop_path=drop_rates[cursor + j],
+                )
+                for j, kind in enumerate(kinds)
+            ]
+            cursor += depths[i]
+            downsample = TRANSITIONS[transition](dims[i - 1], dims[i]) if i > 0 else None
+            reduction *= 2 if i > 0 else 1
+            stages.append(GLNetStage(downsample, blocks))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(dims[-1])
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ timm model interface
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that must not be decayed besides norms/biases: temperatures, learned slots, position biases."""
+        return {n for n, _ in self.named_parameters() if n.endswith((".tau", ".slots", ".rel_pos_bias"))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else [
+            (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool={global_pool!r} is not supported; use 'avg' or ''")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def glmix_blocks(self) -> list[GLMixBlock]:
+        """All GLMix blocks in forward order (block k of the paper's figures is index k-1)."""
+        return [m for m in self.modules() if isinstance(m, GLMixBlock)]
+
+    # ------------------------------------------------------------------ forward
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four NCHW stage outputs, before the head norm."""
+        outs = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet) -> dict[str, torch.Tensor]:
+    """Accept our own state dicts and the published reference checkpoints (converted by name)."""
+    from .official import convert_official_state_dict, is_official_state_dict, unwrap_state_dict
+
+    state_dict = unwrap_state_dict(state_dict)
+    if is_official_state_dict(state_dict):
+        return convert_official_state_dict(state_dict)
+    return state_dict
+
+
+def _create_glnet(variant: str, pretrained: bool = False, **kwargs) -> GLNet:
+    return build_model_with_cfg(
+        GLNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _cfg(**kwargs) -> dict[str, Any]:
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.0", "classifier": "head",
+        "paper_ids": "arXiv:2411.14429", "paper_name": "Revisiting the Integration of Convolution and Attention for Vision Backbone",
+        "origin_url": "https://github.com/rayleizhu/GLMix",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "glnet_stl.in1k": _cfg(),
+    "glnet_stl_paramslot.in1k": _cfg(),
+    "glnet_4g.in1k": _cfg(),
+    "glnet_9g.in1k": _cfg(),
+    "glnet_16g.in1k": _cfg(),
+})
+
+STL_ARGS = dict(depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), stage_mixers=("glmix", "glmix", "glmix", "mha"),
+                mlp_ratios=4.0, stem="patch", transition="norm_conv")
+G_FAMILY_ARGS = dict(depths=(4, 4, 18, 4), stage_mixers=("glmix", "glmix", "glmix.mha_nchw", "mha_nchw"),
+                     mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True)
+
+
+@register_model
+def glnet_stl(pretrained: bool = False, **kwargs) -> GLNet:
+    """GLNet-STL: Swin-T layout, GLMix in stages 1-3 (30.3 M params, 4.4 GMACs)."""
+    return _create_glnet("glnet_stl", pretrained, **{**STL_ARGS, **kwargs})
+
+
+@register_model
+def glnet_stl_paramslot(pretrained: bool = False, **kwargs) -> GLNet:
+    """GLNet-STL with learned (static) slot initialisation."""
+    return _create_glnet("glnet_stl_paramslot", pretrained, **{**STL_ARGS, "slot_init": "param", **kwargs})
+
+
+@register_model
+def glnet_4g(pretrained: bool = False, **kwargs) -> GLNet:
+    """GLNet-4G (27.0 M params, 4.5 GMACs)."""
+    return _create_glnet("glnet_4g", pretrained, **{**G_FAMILY_ARGS, "dims": (64, 128, 256, 512), **kwargs})
+
+
+@register_model
+def glnet_9g(pretrained: bool = False, **kwargs) -> GLNet:
+    """GLNet-9G (60.0 M params, 9.6 GMACs)."""
+    return _create_glnet("glnet_9g", pretrained, **{**G_FAMILY_ARGS, "dims": (96, 192, 384, 768), **kwargs})
+
+
+@register_model
+def glnet_16g(pretrained: bool = False, **kwargs) -> GLNet:
+    """GLNet-16G (106.1 M params, 16.7 GMACs), layer scale 1e-4."""
+    return _create_glnet("glnet_16g", pretrained, **{**G_FAMILY_ARGS, "dims": (128, 256, 512, 1024), "layer_scale": 1e-4, **kwargs})

@@ -1,0 +1,157 @@
+"""Small building blocks shared by the GLNet blocks.
+
+Everything here is generic (attention, MLPs, positional encoding, stems); the GLMix-specific
+math lives in ``slot_attention.py`` and the blocks in ``blocks.py``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-6  # every LayerNorm of GLNet (token or channels-first) uses this eps
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dim of an NCHW tensor.
+
+    Normalising with ``F.layer_norm`` on a channels-last view keeps a single fused kernel and,
+    for channels_last inputs, the permutes are free views.
+    """
+
+    def __init__(self, num_channels: int, eps: float = LN_EPS):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned scale; ``channel_dim`` says where channels sit (1 for NCHW, -1 for tokens)."""
+
+    def __init__(self, dim: int, init_value: float, channel_dim: int = 1):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
+        self.channel_dim = channel_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_dim == -1:
+            return x * self.gamma
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.Module:
+    """Identity unless a layer-scale value is configured (GLNet-16G uses 1e-4)."""
+    return LayerScale(dim, init_value, channel_dim) if init_value else nn.Identity()
+
+
+class ConvPosEnc(nn.Module):
+    """Conditional positional encoding: ``x + depthwise_conv(x)``."""
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(x)
+
+
+class ConvMlp(nn.Module):
+    """1x1 conv MLP on NCHW maps with an optional residual 3x3 depthwise conv on the hidden features."""
+
+    def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if dwconv else None
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.dwconv is not None:
+            x = x + self.dwconv(x)
+        x = self.drop(self.act(x))
+        return self.drop(self.fc2(x))
+
+
+class TokenMlp(nn.Module):
+    """Linear-GELU-Linear MLP on (..., C) tokens."""
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def check_head_dim(dim: int, head_dim: int, where: str) -> int:
+    """Number of heads for ``dim`` channels; raises if ``dim`` is not a multiple of ``head_dim``."""
+    if head_dim < 1 or dim % head_dim:
+        raise ValueError(
+            f"{where}: width {dim} is not a multiple of head_dim={head_dim}; "
+            f"choose widths divisible by the head dimension (GLNet uses head_dim=32)."
+        )
+    return dim // head_dim
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention on (B, N, C) tokens through ``scaled_dot_product_attention``.
+
+    The fused ``qkv`` projection keeps q, k, v in that order, as ``nn.MultiheadAttention`` packs
+    its ``in_proj_weight``, so published weights map one-to-one.
+    """
+
+    def __init__(self, dim: int, head_dim: int = 32, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = check_head_dim(dim, head_dim, "attention")
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0
+        )
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+def patch_stem(in_chans: int, dim: int) -> nn.Sequential:
+    """GLNet-STL stem: non-overlapping 4x4 patches, then BatchNorm."""
+    return nn.Sequential(nn.Conv2d(in_chans, dim, 4, stride=4), nn.BatchNorm2d(dim))
+
+
+def overlap_stem(in_chans: int, dim: int) -> nn.Sequential:
+    """GLNet-4G/9G/16G stem: two stride-2 3x3 convs (to C/2, then C) with BN and GELU between."""
+    mid = dim // 2
+    return nn.Sequential(
+        nn.Conv2d(in_chans, mid, 3, stride=2, padding=1),
+        nn.BatchNorm2d(mid),
+        nn.GELU(),
+        nn.Conv2d(mid, dim, 3, stride=2, padding=1),
+        nn.BatchNorm2d(dim),
+    )
+
+
+def norm_conv_transition(in_dim: int, out_dim: int) -> nn.Sequential:
+    """STL downsampling between stages: BN, then 2x2 stride-2 conv."""
+    return nn.Sequential(nn.BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 2, stride=2))
+
+
+def conv_norm_transition(in_dim: int, out_dim: int) -> nn.Sequential:
+    """4G-family downsampling between stages: 3x3 stride-2 conv, then BN."""
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1), nn.BatchNorm2d(out_dim))
+
+
+STEMS = {"patch": patch_stem, "overlap": overlap_stem}
+TRANSITIONS = {"norm_conv": norm_conv_transition, "conv_norm": conv_norm_transition}

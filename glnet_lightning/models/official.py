@@ -1,0 +1,120 @@
+"""Bridge to the reference implementation: its constructor arguments and its checkpoint names.
+
+The published GLNet checkpoints (and ../shared/conformance fixtures) use the reference
+module names (``downsample_layers``, ``relation_mha.in_proj_weight``, ``feature_conv.1``, ...).
+``convert_official_state_dict`` renames them to ours by rule, so one function serves the
+fixtures, the published files and timm's ``pretrained=True`` path.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import torch
+
+from .glnet import GLNet
+
+# reference constructor argument -> ours (value converters below)
+_KWARG_NAMES = {
+    "depth": "depths", "embed_dim": "dims", "mlp_ratios": "mlp_ratios", "head_dim": "head_dim",
+    "mixing_modes": "stage_mixers", "local_dw_ks": "kernel_size", "slot_init": "slot_init",
+    "num_slots": "num_slots", "transition_layout": "transition", "cpe_ks": "cpe_kernel",
+    "downsample_style": "stem", "mlp_dw": "mlp_dwconv", "layerscale": "layer_scale",
+    "num_classes": "num_classes", "in_chans": "in_chans", "drop_path_rate": "drop_path_rate",
+    "drop_rate": "drop_rate",
+}
+_KWARG_VALUES = {
+    "slot_init": {"ada_avgpool": "pool", "param": "param"},
+    "transition_layout": {"norm.proj": "norm_conv", "proj.norm": "conv_norm"},
+    "downsample_style": {"ovlp": "overlap", "non_ovlp": "patch", "patch": "patch"},
+}
+
+
+def glnet_from_official_kwargs(**official_kwargs: Any) -> GLNet:
+    """Build the GLNet that the reference constructor builds for these keyword arguments."""
+    unknown = sorted(set(official_kwargs) - set(_KWARG_NAMES))
+    if unknown:
+        raise ValueError(f"unsupported reference argument(s) {unknown}; known: {sorted(_KWARG_NAMES)}")
+    ours: dict[str, Any] = {}
+    for key, value in official_kwargs.items():
+        table = _KWARG_VALUES.get(key)
+        if table is not None:
+            if value not in table:
+                raise ValueError(f"reference {key}={value!r} is not supported; known values: {sorted(table)}")
+            value = table[value]
+        ours[_KWARG_NAMES[key]] = value
+    ours["layer_scale"] = ours.get("layer_scale") or None  # the reference uses 0 / -1 for "off"
+    if ours.get("layer_scale") is not None and ours["layer_scale"] < 0:
+        ours["layer_scale"] = None
+    ours.setdefault("stem", "patch")
+    return GLNet(**ours)
+
+
+_BLOCK_RULES = [
+    # (pattern on the part after "stages.i.blocks.j.", replacement)
+    (r"^slot_scale$", "mixer.global_branch.clustering.tau"),
+    (r"^init_slots$", "mixer.global_branch.slot_init.slots"),
+    (r"^pos_conv\.", "cpe.proj."),
+    (r"^relation_mha\.in_proj_(weight|bias)$", r"mixer.global_branch.relation.qkv.\1"),
+    (r"^relation_mha\.out_proj\.", "mixer.global_branch.relation.proj."),
+    (r"^mha_op\.in_proj_(weight|bias)$", r"attn.qkv.\1"),
+    (r"^mha_op\.out_proj\.", "attn.proj."),
+    (r"^feature_conv\.0\.", "mixer.local_branch.proj_in."),
+    (r"^feature_conv\.1\.", "mixer.local_branch.dwconv."),
+    (r"^feature_conv\.2\.", "mixer.local_branch.proj_out."),
+    (r"^mlp\.0\.", "mlp.fc1."),
+    (r"^mlp\.1\.", "mlp.dwconv."),  # conv MLP: the residual depthwise conv
+    (r"^mlp\.[23]\.", "mlp.fc2."),  # token MLP has fc2 at 2 (GELU at 1), conv MLP at 3
+    (r"^(norm[12]\.|ls[12]\.gamma$)", r"\1"),
+]
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint: raw, or nested under ``model_ema``/``model``/``state_dict``,
+    with a DDP ``module.`` prefix removed."""
+    for key in ("model_ema", "state_dict_ema", "model", "state_dict"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def is_official_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    return any(k.startswith("downsample_layers.") for k in state_dict)
+
+
+def _convert_key(key: str, overlap_stem: bool) -> str:
+    m = re.match(r"^downsample_layers\.(\d+)\.(\d+)\.(.+)$", key)
+    if m:
+        stage, index, rest = int(m[1]), int(m[2]), m[3]
+        if stage == 0:  # the reference overlap stem starts with a parameter-free layer
+            return f"stem.{index - 1 if overlap_stem else index}.{rest}"
+        return f"stages.{stage}.downsample.{index}.{rest}"
+    m = re.match(r"^(stages\.\d+\.blocks\.\d+\.)(.+)$", key)
+    if m:
+        for pattern, replacement in _BLOCK_RULES:
+            if re.search(pattern, m[2]):
+                return m[1] + re.sub(pattern, replacement, m[2])
+        raise KeyError(key)
+    if re.match(r"^(norm|head)\.", key):
+        return key
+    raise KeyError(key)
+
+
+def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Map reference parameter names and shapes to ours (layer scales become (C,) vectors)."""
+    state_dict = unwrap_state_dict(state_dict)
+    overlap_stem = "downsample_layers.0.0.weight" not in state_dict
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        try:
+            new_key = _convert_key(key, overlap_stem)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if new_key.endswith((".ls1.gamma", ".ls2.gamma")):
+            value = value.reshape(-1)
+        out[new_key] = value
+    if unknown:
+        raise ValueError(f"{len(unknown)} key(s) of the checkpoint are not GLNet reference keys: {unknown[:8]}")
+    return out
