@@ -52,7 +52,9 @@ class ParamSlotInit(nn.Module):
         nn.init.trunc_normal_(self.slots, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.slots.expand(x.shape[0], -1, -1)
+        # A copy, not an expand() view: views of a parameter made under no_grad break module
+        # hooks (torch's FlopCounterMode); the copy is only B x M x C.
+        return self.slots.repeat(x.shape[0], 1, 1)
 
 
 class SoftClustering(nn.Module):

@@ -1,0 +1,137 @@
+"""The named GLNet family: timm registration, published-checkpoint loading, parameter counts, timm API."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import timm
+import torch
+
+import glnet_lightning  # noqa: F401  (registers the models)
+from glnet_lightning.models import MODEL_NAMES
+
+# DESIGN.md section 2 / issue 3: parameters in millions at 1000 classes.
+PAPER_PARAMS_M = {"glnet_stl": 30.30, "glnet_stl_paramslot": 30.48, "glnet_4g": 27.00, "glnet_9g": 60.01, "glnet_16g": 106.06}
+
+
+def manifest_state_dict(conformance, name: str) -> dict[str, torch.Tensor]:
+    """A random state dict with exactly the keys and shapes of a published checkpoint."""
+    state = {}
+    for line in (conformance / f"{name}.keys.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        dims = [int(d) for d in re.findall(r"\d+", shape)]
+        state[key] = torch.randn(dims) if dims else torch.tensor(7)
+    return state
+
+
+def n_params_m(model) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def test_all_named_models_are_registered():
+    assert set(MODEL_NAMES) <= set(timm.list_models("glnet_*"))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_published_layout_loads_strictly_and_params_match_paper(conformance, name, tmp_path):
+    source = manifest_state_dict(conformance, name)
+    path = tmp_path / f"{name}.pth"
+    torch.save(source, path)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert abs(n_params_m(model) - PAPER_PARAMS_M[name]) <= 0.05
+    # the weights really arrived: the head is copied as is
+    assert torch.equal(model.head.weight, source["head.weight"])
+    assert torch.equal(model.stages[2].blocks[0].mixer.global_branch.relation.qkv.weight,
+                       source["stages.2.blocks.0.relation_mha.in_proj_weight"])
+
+
+@pytest.mark.parametrize("nest", ["model", "state_dict", "model_ema"])
+def test_nested_checkpoints_load(conformance, nest, tmp_path):
+    source = manifest_state_dict(conformance, "glnet_stl")
+    path = tmp_path / "ckpt.pth"
+    torch.save({nest: source, "epoch": 299}, path)
+    model = timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.equal(model.norm.running_var, source["norm.running_var"])
+
+
+def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path):
+    source = manifest_state_dict(conformance, "glnet_stl")
+    del source["stages.1.blocks.0.slot_scale"]
+    torch.save(source, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match="clustering.tau"):
+        timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "bad.pth")))
+
+
+def test_pretrained_with_new_classes_and_grayscale_input(conformance, tmp_path):
+    source = manifest_state_dict(conformance, "glnet_stl")
+    torch.save(source, tmp_path / "w.pth")
+    model = timm.create_model("glnet_stl", pretrained=True, num_classes=10, in_chans=1,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth")))
+    assert model.head.out_features == 10
+    assert torch.allclose(model.stem[0].weight[:, 0], source["downsample_layers.0.0.weight"].sum(1), atol=1e-5)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 10)
+
+
+def test_own_state_dict_round_trips_through_pretrained_path(tmp_path):
+    model = timm.create_model("glnet_stl", num_slots=16, num_classes=3).eval()
+    torch.save(model.state_dict(), tmp_path / "ours.pth")
+    again = timm.create_model("glnet_stl", num_slots=16, num_classes=3, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(tmp_path / "ours.pth"), num_classes=3)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_timm_interface_on_a_small_override():
+    model = timm.create_model("glnet_4g", num_classes=5, drop_path_rate=0.2, depths=(1, 1, 2, 1),
+                              dims=(32, 64, 96, 128), num_slots=9, kernel_size=3).eval()
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 224, 224) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
+    assert cfg["first_conv"] == "stem.0" and cfg["classifier"] == "head"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 128, 2, 2)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 128)
+        assert torch.allclose(model.forward_head(feats), model(x))
+    model.reset_classifier(11)
+    assert model(x).shape == (2, 11)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 128)
+    assert model.stages[0].blocks[0].mixer.local_branch.dwconv.kernel_size == (3, 3)
+    drop = [b.drop_path1 for s in model.stages for b in s.blocks]
+    assert type(drop[0]).__name__ == "Identity" and drop[-1].drop_prob == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("name", ["glnet_stl", "glnet_4g"])
+def test_features_only_gives_four_stage_maps(name):
+    model = timm.create_model(name, features_only=True, num_slots=16).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
+    subset = timm.create_model(name, features_only=True, out_indices=(1, 3), num_slots=16)
+    assert len(subset(torch.randn(1, 3, 64, 64))) == 2
+
+
+def test_no_weight_decay_names_temperature_and_slots():
+    model = timm.create_model("glnet_stl_paramslot", depths=(1, 1, 1, 1))
+    names = model.no_weight_decay()
+    assert "stages.0.blocks.0.mixer.global_branch.clustering.tau" in names
+    assert "stages.0.blocks.0.mixer.global_branch.slot_init.slots" in names
+    assert all(n in dict(model.named_parameters()) for n in names)
+
+
+def test_grad_checkpointing_gives_same_gradients():
+    model = timm.create_model("glnet_stl", depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4, num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for ref, p in zip(reference, model.parameters()):
+        assert torch.allclose(ref, p.grad, atol=1e-5)
