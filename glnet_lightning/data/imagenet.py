@@ -1,0 +1,208 @@
+"""ImageNet-1k (or any ``train/`` + ``val/`` class-folder tree) as a LightningDataModule.
+
+Why: implements the data half of the GLNet recipe (DESIGN.md section 2):
+timm's RandAugment m9 mstd0.5 / colour jitter 0.4 / random erasing 0.25 (pixel
+mode) / bicubic train pipeline, crop-pct 0.875 bicubic evaluation, and DeiT's
+repeated augmentation under DDP. Mixup / CutMix and label smoothing act on
+batches and belong to the LightningModule, not here.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import DataLoader
+
+from .augment_compat import patch_posterize
+from .image_dataset import BAD_IMAGE_POLICIES, ImageFolderDataset
+from .image_folder import FolderLayout, validate_layout
+from .samplers import RepeatAugDistributedSampler
+
+__all__ = ["ImageNetDataModule"]
+
+logger = logging.getLogger(__name__)
+
+
+class ImageNetDataModule(LightningDataModule):
+    """``root/train/<class>/*`` for training, ``root/val/<class>/*`` for validation, test and predict.
+
+    The layout is checked in :meth:`setup` (see :func:`validate_layout` for the
+    errors). Unreadable images follow ``on_bad_image`` ("skip" or "raise"); the
+    skip count is available as :meth:`bad_image_counts`.
+    """
+
+    mean: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
+    std: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_STD)
+    in_chans: int = 3
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        batch_size: int = 128,
+        num_workers: int = 8,
+        crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
+        auto_augment: str | None = "rand-m9-mstd0.5-inc1",
+        color_jitter: float = 0.4,
+        re_prob: float = 0.25,
+        repeated_aug: bool = True,
+        on_bad_image: str = "skip",
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+        if image_size < 1 or batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"need image_size >= 1, batch_size >= 1, num_workers >= 0; got image_size={image_size}, "
+                f"batch_size={batch_size}, num_workers={num_workers}"
+            )
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.crop_pct = float(crop_pct)
+        self.interpolation = interpolation
+        self.auto_augment = auto_augment
+        self.color_jitter = color_jitter
+        self.re_prob = re_prob
+        self.repeated_aug = repeated_aug
+        self.on_bad_image = on_bad_image
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+
+        self._layout: FolderLayout | None = None
+        self.train_set: ImageFolderDataset | None = None
+        self.val_set: ImageFolderDataset | None = None
+
+    # -- layout ---------------------------------------------------------------------------------
+    @property
+    def layout(self) -> FolderLayout:
+        """The validated folder tree (scanned once, on first use)."""
+        if self._layout is None:
+            self._layout = validate_layout(self.root)
+        return self._layout
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.layout.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.layout.classes)
+
+    # -- transforms -----------------------------------------------------------------------------
+    def train_transform(self) -> Callable[[Any], torch.Tensor]:
+        """timm's training pipeline: random-resized crop, flip, RandAugment, jitter, random erasing."""
+        transform = create_transform(
+            input_size=self.image_size,
+            is_training=True,
+            auto_augment=self.auto_augment,
+            color_jitter=self.color_jitter,
+            interpolation=self.interpolation,
+            re_prob=self.re_prob,
+            re_mode="pixel",
+            re_count=1,
+            mean=self.mean,
+            std=self.std,
+        )
+        patch_posterize(transform)  # Pillow >= 13 rejects the 0-bit posterize timm can ask for
+        return transform
+
+    def eval_transform(self) -> Callable[[Any], torch.Tensor]:
+        """timm's evaluation pipeline: resize to image_size / crop_pct, centre crop, normalise."""
+        return create_transform(
+            input_size=self.image_size,
+            is_training=False,
+            interpolation=self.interpolation,
+            crop_pct=self.crop_pct,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Validate the layout, then build the datasets the stage needs."""
+        layout = self.layout
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = ImageFolderDataset(
+                layout.train, layout.classes, self.train_transform(), on_bad_image=self.on_bad_image
+            )
+        if self.val_set is None:  # fit, validate, test and predict all use val/
+            self.val_set = ImageFolderDataset(
+                layout.val, layout.classes, self.eval_transform(), on_bad_image=self.on_bad_image
+            )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return int(getattr(trainer, "world_size", 1)), int(getattr(trainer, "global_rank", 0))
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            raise RuntimeError("call setup('fit') before requesting the train dataloader")
+        world_size, rank = self._world()
+        sampler = None
+        if self.repeated_aug and world_size > 1:
+            sampler = RepeatAugDistributedSampler(self.train_set, num_replicas=world_size, rank=rank)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=len(self.train_set) >= self.batch_size * world_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def _eval_loader(self, stage: str) -> DataLoader:
+        if self.val_set is None:
+            raise RuntimeError(f"call setup({stage!r}) before requesting its dataloader")
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("validate")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("predict")
+
+    # -- reporting ------------------------------------------------------------------------------
+    def bad_image_counts(self) -> dict[str, int]:
+        """Unreadable images skipped so far per split (counted across worker processes)."""
+        return {
+            name: dataset.num_bad_images
+            for name, dataset in (("train", self.train_set), ("val", self.val_set))
+            if dataset is not None
+        }
+
+    def teardown(self, stage: str | None = None) -> None:
+        for name, dataset in (("train", self.train_set), ("val", self.val_set)):
+            if dataset is not None and dataset.num_bad_images:
+                logger.warning(
+                    "%d unreadable image(s) were skipped in %s/: %s",
+                    dataset.num_bad_images,
+                    name,
+                    ", ".join(dataset.bad_images),
+                )
