@@ -75,6 +75,12 @@ def _mixer_config(stage: int, local: Any, global_branch: Any, fusion: Any, short
     return config
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """GLNet runs channels_last end to end: pixels become contiguous (B, L, C) token views for the
+    slot attention and the 1x1 convs become plain GEMMs, with no layout copies between blocks."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 class GLNetStage(nn.Module):
     """Downsampling (identity for the first stage, the stem runs before) followed by the blocks."""
 
@@ -220,16 +226,16 @@ class GLNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four NCHW stage outputs, before the head norm."""
+        """The four NCHW stage outputs (channels_last strides), before the head norm."""
         outs = []
-        x = self.stem(x)
+        x = self.stem(_channels_last(x))
         for stage in self.stages:
             x = stage(x)
             outs.append(x)
         return outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.stages(self.stem(x)))
+        return self.norm(self.stages(self.stem(_channels_last(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":

@@ -47,6 +47,21 @@ def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.
     return LayerScale(dim, init_value, channel_dim) if init_value else nn.Identity()
 
 
+class PointwiseConv(nn.Conv2d):
+    """1x1 convolution computed as a GEMM on the channels-last view.
+
+    On CPU a ``linear`` over (B*H*W, C) rows beats mkldnn's 1x1 convolution; the result is a
+    channels_last NCHW tensor, so the next depthwise conv and LayerNorm need no layout copy.
+    It stays an ``nn.Conv2d`` (same parameters, same state dict, same init).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+
+
 class ConvPosEnc(nn.Module):
     """Conditional positional encoding: ``x + depthwise_conv(x)``."""
 
@@ -63,11 +78,11 @@ class ConvMlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.fc1 = PointwiseConv(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if dwconv else None
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+        self.fc2 = PointwiseConv(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)

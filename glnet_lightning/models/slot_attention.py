@@ -67,7 +67,9 @@ class SoftClustering(nn.Module):
     def forward(self, init_slots: torch.Tensor, pixels: torch.Tensor):
         """Group pixels (B, L, C) into slots (B, M, C); returns the slots and what dispatch needs."""
         queries = F.normalize(init_slots, dim=-1).unsqueeze(1)  # (B, 1, M, C)
-        keys = (F.normalize(pixels, dim=-1) * self.tau).unsqueeze(1)  # (B, 1, L, C)
+        # tau / |p| on the small (B, L, 1) tensor: one pass over the pixels instead of two
+        scale = self.tau / torch.linalg.vector_norm(pixels, dim=-1, keepdim=True).clamp_min(1e-12)
+        keys = (pixels * scale).unsqueeze(1)  # (B, 1, L, C): tau * normalised pixels
         slots = F.scaled_dot_product_attention(queries, keys, pixels.unsqueeze(1), scale=1.0)
         return slots.squeeze(1), (queries, keys)
 
