@@ -1,0 +1,78 @@
+"""``glnet bench``: argument parsing and the command's entry point.
+
+Measurement lives in :mod:`.runner`, rendering in :mod:`.report`; this module
+only turns the command line into a :class:`BenchConfig` and errors into exit codes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .errors import BenchError
+from .report import render, to_record, write_json
+from .runner import BenchConfig, run_benchmark
+from .spec import parse_model_spec
+from .workload import MODES, PRECISIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glnet bench",
+        description="Throughput, memory and FLOP utilisation of timm/GLNet models, measured "
+                    "interleaved in one process.")
+    parser.add_argument("models", nargs="+", metavar="MODEL",
+                        help="timm model name, optionally NAME:key=value,... passed to the constructor")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--img-size", type=int, nargs="+", default=[224],
+                        help="one or more square input sizes; several also give scaling exponents")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                        help="bf16/fp16 via torch.autocast (fp16 needs CUDA)")
+    parser.add_argument("--mode", choices=MODES, default="infer",
+                        help="infer: eval forward under inference_mode; train: forward+backward+AdamW")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="time torch.compile'd models too and report the speed-up over eager")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--gemm-size", type=int, default=2048, help="side of the square matmul measuring the peak")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-model memory probe processes")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(
+        specs=[parse_model_spec(text) for text in args.models], img_sizes=list(args.img_size),
+        batch_size=args.batch_size, precision=args.precision, mode=args.mode,
+        channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
+        repeats=args.repeats, num_classes=args.num_classes, gemm_size=args.gemm_size,
+        probe_memory=not args.no_memory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0 on success, 2 for bad arguments or models."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    previous_threads = torch.get_num_threads()
+    try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise BenchError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        result = run_benchmark(config_from_args(args))
+    except BenchError as exc:
+        print(f"glnet bench: error: {exc}", file=sys.stderr)
+        return 2
+    finally:  # main() may be called in-process (tests, notebooks): leave the thread count as found
+        torch.set_num_threads(previous_threads)
+    print(render(result))
+    if args.json:
+        write_json(args.json, to_record(result, argv))
+    return 0

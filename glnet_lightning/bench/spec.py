@@ -1,0 +1,101 @@
+"""Model specs (``NAME`` or ``NAME:key=value,...``) and model creation.
+
+Kept apart from the measurement code because both the main process and the
+memory-probe subprocesses must build exactly the same model from the same text.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+
+import timm
+import torch.nn as nn
+
+from .errors import BenchError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A timm model name plus constructor kwargs, remembered with its original text."""
+
+    text: str
+    name: str
+    kwargs: dict = field(default_factory=dict)
+
+
+def parse_value(text: str):
+    """Turn a kwarg value into int, float, bool or None when it looks like one, else keep the string."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """Parse ``name`` or ``name:key=value,key=value`` (values through :func:`parse_value`)."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise BenchError(f"empty model name in {text!r}")
+    kwargs = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchError(f"bad model option {item!r} in {text!r}: expected key=value")
+        kwargs[key.strip()] = parse_value(value.strip())
+    return ModelSpec(text=text, name=name, kwargs=kwargs)
+
+
+def register_project_models() -> str | None:
+    """Import glnet_lightning so its GLNet models register with timm.
+
+    Guarded because the package may be incomplete while it is being developed;
+    returns a warning text instead of failing, so timm's own models still work.
+    """
+    try:
+        import glnet_lightning  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the rest of the repo
+        return f"glnet_lightning models not registered ({type(exc).__name__}: {exc})"
+    return None
+
+
+def check_model_names(specs: list[ModelSpec]) -> None:
+    """Fail early, with close-match suggestions, on names timm does not know."""
+    known = None
+    for spec in specs:
+        if timm.is_model(spec.name):
+            continue
+        known = known if known is not None else timm.list_models()
+        close = difflib.get_close_matches(spec.name, known, n=5, cutoff=0.6)
+        hint = f"; did you mean: {', '.join(close)}?" if close else ""
+        raise BenchError(f"unknown model {spec.name!r}{hint}")
+
+
+def _takes_img_size(model: nn.Module) -> bool:
+    return "img_size" in inspect.signature(type(model).__init__).parameters
+
+
+def _default_img_size(model: nn.Module) -> int | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size")
+    return size[-1] if size else None
+
+
+def build_model(spec: ModelSpec, img_size: int, num_classes: int) -> nn.Module:
+    """Create the model for one image size (untrained weights: no downloads).
+
+    Models whose constructor takes ``img_size`` (ViT, Swin, ...) are rebuilt for
+    the requested size; the others are resolution-agnostic already.
+    """
+    kwargs = {"num_classes": num_classes, **spec.kwargs}
+    try:
+        model = timm.create_model(spec.name, pretrained=False, **kwargs)
+        if ("img_size" not in kwargs and _takes_img_size(model)
+                and _default_img_size(model) != img_size):
+            model = timm.create_model(spec.name, pretrained=False, img_size=img_size, **kwargs)
+    except Exception as exc:
+        raise BenchError(f"cannot create {spec.text!r}: {type(exc).__name__}: {exc}") from exc
+    return model

@@ -1,0 +1,82 @@
+"""End-to-end runs of the bench command on tiny models (no timing thresholds: machines are noisy)."""
+import json
+import math
+
+import pytest
+
+MODELS = ["resnet10t", "convnext_atto"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, run_bench, tiny_args):
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    code, out, err = run_bench([*MODELS, "--img-size", "32", "64", *tiny_args, "--threads", "1", "--json", str(path)])
+    assert code == 0, err
+    return json.loads(path.read_text()), out
+
+
+def test_json_has_run_context(two_models):
+    record, _ = two_models
+    for key in ("command", "date", "torch_version", "threads", "machine", "settings", "gemm_peak", "results",
+                "scaling"):
+        assert key in record
+    assert record["command"].startswith("glnet bench resnet10t convnext_atto")
+    assert record["threads"] == 1
+    assert record["machine"]["cpu_model"]
+    assert record["gemm_peak"]["flops_per_s"] > 0
+
+
+def test_every_model_and_size_has_positive_figures(two_models):
+    record, _ = two_models
+    assert [(r["model"], r["img_size"]) for r in record["results"]] == [
+        (m, s) for s in (32, 64) for m in MODELS]
+    for row in record["results"]:
+        assert row["throughput"]["median"] > 0
+        assert row["throughput"]["min"] <= row["throughput"]["median"] <= row["throughput"]["max"]
+        assert row["throughput"]["ms_per_batch"] > 0
+        assert len(row["times_s"]) == 2
+        assert row["params"] > 0 and row["macs"] > 0 and row["gemm_fraction"] > 0
+        assert row["memory"]["peak_bytes"] > 0
+
+
+def test_macs_grow_with_the_image(two_models):
+    record, _ = two_models
+    macs = {(r["model"], r["img_size"]): r["macs"] for r in record["results"]}
+    for model in MODELS:
+        assert macs[model, 64] > macs[model, 32]
+
+
+def test_ratios_are_relative_to_the_first_model(two_models):
+    record, _ = two_models
+    for size in (32, 64):
+        rows = [r for r in record["results"] if r["img_size"] == size]
+        assert rows[0]["ratio"] == 1.0
+        expected = rows[1]["throughput"]["median"] / rows[0]["throughput"]["median"]
+        assert math.isclose(rows[1]["ratio"], expected)
+
+
+def test_scaling_exponents_for_two_sizes(two_models):
+    record, out = two_models
+    assert [s["model"] for s in record["scaling"]] == MODELS
+    for scaling in record["scaling"]:
+        assert scaling["img_sizes"] == [32, 64]
+        assert math.isfinite(scaling["time_exponent"])
+    assert "time exp" in out
+
+
+def test_table_is_printed(two_models):
+    _, out = two_models
+    assert "GEMM peak" in out and "peak MB" in out
+    assert all(model in out for model in MODELS)
+
+
+def test_train_mode_counts_backward_macs(tmp_path, run_bench, tiny_args):
+    path = tmp_path / "train.json"
+    code, _, err = run_bench(["resnet10t", "--mode", "train", "--img-size", "32", "--no-memory",
+                              "--num-classes", "10", *tiny_args, "--json", str(path)])
+    assert code == 0, err
+    row = json.loads(path.read_text())["results"][0]
+    assert row["step_macs"] > 2 * row["macs"]
+    assert row["memory"] is None

@@ -1,0 +1,54 @@
+"""count_macs / count_params against hand-computed counts."""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glnet_lightning.bench.flops import count_macs, count_params
+
+
+class _Attention(nn.Module):
+    """Bare self-attention on a (heads, tokens, head_dim) input."""
+
+    def forward(self, x):
+        return F.scaled_dot_product_attention(x, x, x)
+
+
+def test_linear_macs_are_in_times_out():
+    assert count_macs(nn.Linear(10, 20), (10,)) == 10 * 20
+
+
+def test_conv_macs_are_analytic():
+    conv = nn.Conv2d(4, 8, kernel_size=3, stride=2, padding=1, groups=2)
+    out_pixels = 8 * 8  # 16x16 input, stride 2
+    assert count_macs(conv, (4, 16, 16)) == out_pixels * 8 * (4 // 2) * 3 * 3
+
+
+def test_sdpa_counts_both_matmuls():
+    heads, tokens, dim = 2, 16, 8
+    qk = heads * tokens * tokens * dim  # Q @ K^T
+    pv = heads * tokens * tokens * dim  # P @ V
+    assert count_macs(_Attention(), (heads, tokens, dim)) == qk + pv
+
+
+def test_backward_adds_the_gradient_matmuls():
+    linear = nn.Linear(10, 20)
+    # the input needs no gradient, so backward only adds the weight gradient
+    assert count_macs(linear, (10,), backward=True) == 2 * 10 * 20
+    assert all(p.grad is None for p in linear.parameters())
+
+
+def test_count_macs_restores_training_mode():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    count_macs(model, (4,))
+    assert model.training
+
+
+def test_count_params_counts_shared_weights_once():
+    linear = nn.Linear(3, 5)
+    assert count_params(nn.Sequential(linear, nn.ReLU(), linear)) == 3 * 5 + 5
+    assert count_params(nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2))) == (15 + 5) + (10 + 2)
+
+
+def test_default_input_is_imagenet_sized():
+    conv = nn.Conv2d(3, 1, kernel_size=1, bias=False)
+    assert count_macs(conv) == 224 * 224 * 3
+    assert isinstance(count_macs(conv), int)
