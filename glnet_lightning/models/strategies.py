@@ -188,9 +188,13 @@ class SoftClusteringStrategy(Strategy):
 @register("clustering", "kmeans")
 @dataclass(frozen=True)
 class KMeansClusteringStrategy(Strategy):
-    """Hard k-means with hashing init; ``iters`` Lloyd iterations (see KMeansClustering)."""
+    """Hard k-means with hashing init; ``iters`` Lloyd iterations (see KMeansClustering).
 
-    iters: int = 3
+    The default of 4 iterations makes GLNet-STL count 5.14 GMACs at 224x224 (measured with
+    ``glnet_lightning.bench.count_macs``), the paper's 5.2 G within 2 %; 3 gives 4.96, 5 gives 5.31.
+    """
+
+    iters: int = 4
     seed: int = 0
 
     def __post_init__(self):
