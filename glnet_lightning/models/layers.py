@@ -47,6 +47,23 @@ def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.
     return LayerScale(dim, init_value, channel_dim) if init_value else nn.Identity()
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs in float32 under CPU autocast.
+
+    CPUs without native bf16 (no AVX512-BF16/AMX) have no fast low-precision convolution: under
+    bf16 autocast PyTorch falls back to ``_slow_conv2d_forward``, one small kernel per group,
+    which made the depthwise convs 2/3 of GLNet's bf16 time on our 2-core test machine. The
+    convs here (stem, transitions, depthwise) are a small share of the FLOPs, so float32 costs
+    little; GEMMs still follow autocast. On CUDA nothing changes.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class PointwiseConv(nn.Conv2d):
     """1x1 convolution computed as a GEMM on the channels-last view.
 
@@ -67,7 +84,7 @@ class ConvPosEnc(nn.Module):
 
     def __init__(self, dim: int, kernel_size: int = 3):
         super().__init__()
-        self.proj = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.proj = Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.proj(x)
@@ -79,7 +96,7 @@ class ConvMlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, drop: float = 0.0):
         super().__init__()
         self.fc1 = PointwiseConv(dim, hidden_dim)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if dwconv else None
+        self.dwconv = Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if dwconv else None
         self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden_dim, dim)
@@ -143,29 +160,29 @@ class MultiHeadSelfAttention(nn.Module):
 
 def patch_stem(in_chans: int, dim: int) -> nn.Sequential:
     """GLNet-STL stem: non-overlapping 4x4 patches, then BatchNorm."""
-    return nn.Sequential(nn.Conv2d(in_chans, dim, 4, stride=4), nn.BatchNorm2d(dim))
+    return nn.Sequential(Conv2d(in_chans, dim, 4, stride=4), nn.BatchNorm2d(dim))
 
 
 def overlap_stem(in_chans: int, dim: int) -> nn.Sequential:
     """GLNet-4G/9G/16G stem: two stride-2 3x3 convs (to C/2, then C) with BN and GELU between."""
     mid = dim // 2
     return nn.Sequential(
-        nn.Conv2d(in_chans, mid, 3, stride=2, padding=1),
+        Conv2d(in_chans, mid, 3, stride=2, padding=1),
         nn.BatchNorm2d(mid),
         nn.GELU(),
-        nn.Conv2d(mid, dim, 3, stride=2, padding=1),
+        Conv2d(mid, dim, 3, stride=2, padding=1),
         nn.BatchNorm2d(dim),
     )
 
 
 def norm_conv_transition(in_dim: int, out_dim: int) -> nn.Sequential:
     """STL downsampling between stages: BN, then 2x2 stride-2 conv."""
-    return nn.Sequential(nn.BatchNorm2d(in_dim), nn.Conv2d(in_dim, out_dim, 2, stride=2))
+    return nn.Sequential(nn.BatchNorm2d(in_dim), Conv2d(in_dim, out_dim, 2, stride=2))
 
 
 def conv_norm_transition(in_dim: int, out_dim: int) -> nn.Sequential:
     """4G-family downsampling between stages: 3x3 stride-2 conv, then BN."""
-    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 3, stride=2, padding=1), nn.BatchNorm2d(out_dim))
+    return nn.Sequential(Conv2d(in_dim, out_dim, 3, stride=2, padding=1), nn.BatchNorm2d(out_dim))
 
 
 STEMS = {"patch": patch_stem, "overlap": overlap_stem}

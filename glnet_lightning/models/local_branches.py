@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import MultiHeadSelfAttention, PointwiseConv
+from .layers import Conv2d, MultiHeadSelfAttention, PointwiseConv
 
 
 class DWConvBranch(nn.Module):
@@ -14,7 +14,7 @@ class DWConvBranch(nn.Module):
     def __init__(self, dim: int, kernel_size: int = 5):
         super().__init__()
         self.proj_in = PointwiseConv(dim, dim)
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.dwconv = Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.proj_out = PointwiseConv(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
