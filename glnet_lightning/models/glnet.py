@@ -249,11 +249,12 @@ class GLNet(nn.Module):
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet) -> dict[str, torch.Tensor]:
     """Accept our own state dicts and the published reference checkpoints (converted by name)."""
-    from .official import convert_official_state_dict, is_official_state_dict, unwrap_state_dict
+    from .official import check_fits, convert_official_state_dict, is_official_state_dict, unwrap_state_dict
 
     state_dict = unwrap_state_dict(state_dict)
     if is_official_state_dict(state_dict):
-        return convert_official_state_dict(state_dict)
+        state_dict = convert_official_state_dict(state_dict)
+        check_fits(state_dict, model)
     return state_dict
 
 

@@ -118,3 +118,38 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torc
     if unknown:
         raise ValueError(f"{len(unknown)} key(s) of the checkpoint are not GLNet reference keys: {unknown[:8]}")
     return out
+
+
+_PUBLISHED = {("patch", 96, False): "glnet_stl", ("patch", 96, True): "glnet_stl_paramslot",
+              ("overlap", 64, False): "glnet_4g", ("overlap", 96, False): "glnet_9g", ("overlap", 128, False): "glnet_16g"}
+
+
+def identify_published_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """Which named model a (converted) state dict belongs to, from its stem, width and slot init."""
+    overlap = "stem.3.weight" in state_dict
+    stem_out = state_dict.get("stem.3.weight" if overlap else "stem.0.weight")
+    if stem_out is None:
+        return None
+    param_slots = any(k.endswith(".slot_init.slots") for k in state_dict)
+    return _PUBLISHED.get(("overlap" if overlap else "patch", stem_out.shape[0], param_slots))
+
+
+def check_fits(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """Raise a ValueError naming the mismatching keys, and the model a published checkpoint fits.
+
+    The classifier is left out of the comparison: timm re-initialises it when ``num_classes``
+    differs from the checkpoint's.
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
+    given = {k: v.shape for k, v in state_dict.items() if not k.startswith("head.")}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+    if not (missing or unexpected or wrong_shape):
+        return
+    fits = identify_published_model(state_dict)
+    hint = f" The checkpoint fits timm.create_model('{fits}', ...)." if fits else ""
+    details = "; ".join(f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+                        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                            ("wrong shape", wrong_shape)) if keys)
+    raise ValueError(f"checkpoint does not fit this model ({details}).{hint}")

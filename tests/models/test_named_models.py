@@ -60,7 +60,7 @@ def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path)
     source = manifest_state_dict(conformance, "glnet_stl")
     del source["stages.1.blocks.0.slot_scale"]
     torch.save(source, tmp_path / "bad.pth")
-    with pytest.raises(RuntimeError, match="clustering.tau"):
+    with pytest.raises(ValueError, match=r"missing: \['stages.1.blocks.0.mixer.global_branch.clustering.tau'\]"):
         timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "bad.pth")))
 
 
@@ -135,3 +135,12 @@ def test_grad_checkpointing_gives_same_gradients():
     model(x).sum().backward()
     for ref, p in zip(reference, model.parameters()):
         assert torch.allclose(ref, p.grad, atol=1e-5)
+
+
+def test_wrong_model_name_for_a_published_checkpoint_says_which_fits(conformance, tmp_path):
+    torch.save({"model": manifest_state_dict(conformance, "glnet_9g")}, tmp_path / "g9.pth")
+    with pytest.raises(ValueError, match=r"wrong shape.*fits timm.create_model\('glnet_9g'"):
+        timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "g9.pth")))
+    torch.save(manifest_state_dict(conformance, "glnet_stl_paramslot"), tmp_path / "ps.pth")
+    with pytest.raises(ValueError, match=r"unexpected.*slot_init.slots.*fits timm.create_model\('glnet_stl_paramslot'"):
+        timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "ps.pth")))
