@@ -1,0 +1,135 @@
+"""``glnet sweep optuna SWEEP_FILE ...`` and ``glnet sweep report ...``.
+
+Why a resumable command rather than a script: the same command line, run again or on another
+worker with the same ``--storage``, continues the same study -- ``load_if_exists`` picks it up,
+finished trials stay finished, stale ones (dead worker) are failed and retried via heartbeats.
+``--n-trials`` counts the trials *this* worker runs, so two workers with ``--n-trials 5`` give 10.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["optuna_main", "report_main", "build_optuna_parser", "build_report_parser"]
+
+
+def build_optuna_parser(prog: str = "glnet sweep optuna") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Optuna search over a base config (see the sweep file).")
+    parser.add_argument("sweep_file", help="sweep YAML, e.g. sweeps/optuna_slots_kernel.yaml")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<runs_dir>/<study>/study.db); "
+                                          "e.g. postgresql://user:pass@host/db to share a study across machines")
+    parser.add_argument("--study-name", help="study name (default: the sweep file's study_name)")
+    parser.add_argument("--n-trials", type=int, help="trials this worker runs (default: the sweep file's n_trials)")
+    parser.add_argument("--timeout", type=float, help="stop starting new trials after S seconds")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="edit the base config with a LightningCLI dotted key (repeatable), "
+                             "e.g. --set trainer.max_steps=5")
+    parser.add_argument("--runs-dir", help="where trial run dirs (and the default SQLite study) go")
+    parser.add_argument("--base", help="use this base config instead of the sweep file's")
+    parser.add_argument("--objective", dest="objectives", action="append", metavar="NAME[:DIRECTION]",
+                        help="replace the sweep file's objectives (repeat for multi-objective), e.g. "
+                             "--objective val/acc1 --objective throughput")
+    return parser
+
+
+def build_report_parser(prog: str = "glnet sweep report") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Best trials / Pareto front of an Optuna study, "
+                                                            "plus an HTML page of plots beside the study.")
+    parser.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///runs/sweeps/NAME/study.db")
+    parser.add_argument("--study-name", help="study name (optional when the storage holds a single study)")
+    parser.add_argument("--top", type=int, default=5, help="best trials to list (single objective)")
+    parser.add_argument("--limit", type=int, default=50, help="at most this many of the latest trials (0: all)")
+    parser.add_argument("--html", help="HTML path (default: <study>_report.html beside the SQLite file, "
+                                       "or in the current directory for server storages)")
+    parser.add_argument("--no-html", action="store_true", help="print the tables only")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
+    """Parsed arguments, or the exit code of ``--help`` / a usage error (callers return ints)."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def optuna_main(argv: list[str] | None = None) -> int:
+    """Run (or resume) a study; returns 0 when every requested trial was run (failed ones included)."""
+    args = _parse(build_optuna_parser(), argv)
+    if isinstance(args, int):
+        return args
+    from .optuna_config import ConfigEditError, load_yaml, parse_set
+    from .optuna_sweep import OptunaSweepError, load_optuna_sweep
+
+    try:
+        sweep = load_optuna_sweep(args.sweep_file, base=args.base, runs_dir=args.runs_dir,
+                                  study_name=args.study_name, objectives=args.objectives)
+        if not sweep.base.is_file():
+            raise OptunaSweepError(f"base config {sweep.base} does not exist (pass another with --base)")
+        sets = dict(parse_set(s) for s in args.sets)
+        base_config = load_yaml(sweep.base)
+    except (OptunaSweepError, ConfigEditError) as exc:
+        print(f"glnet sweep optuna: error: {exc}", file=sys.stderr)
+        return 2
+    import optuna
+
+    from .optuna_objective import TrialRunner
+    from .optuna_report import render_report
+    from .optuna_study import default_storage_url, open_study
+
+    storage_url = args.storage or default_storage_url(sweep)
+    try:
+        study = open_study(sweep, storage_url)
+    except OptunaSweepError as exc:
+        print(f"glnet sweep optuna: error: {exc}", file=sys.stderr)
+        return 2
+    n_trials = args.n_trials if args.n_trials is not None else sweep.n_trials
+    timeout = args.timeout if args.timeout is not None else sweep.timeout
+    print(f"study {sweep.study_name} in {storage_url}: {len(study.trials)} trials so far; running "
+          f"{n_trials if n_trials is not None else 'unlimited'} more", flush=True)
+    runner = TrialRunner(sweep, base_config, sets)
+    try:
+        study.optimize(runner, n_trials=n_trials, timeout=timeout, catch=(Exception,), gc_after_trial=True)
+    except KeyboardInterrupt:  # Optuna has already marked the running trial FAIL
+        print(f"interrupted; run the same command again to resume study {sweep.study_name}", file=sys.stderr)
+        return 130
+    _quiet_optuna()
+    print(render_report(study, top=3, limit=20))
+    print(f"\nreport: glnet sweep report --storage {storage_url} --study-name {sweep.study_name}")
+    return 0
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """Print the study's tables and write its HTML page."""
+    args = _parse(build_report_parser(), argv)
+    if isinstance(args, int):
+        return args
+    _quiet_optuna()
+    from .optuna_report import render_report, write_html
+    from .optuna_study import load_study, sqlite_path
+    from .optuna_sweep import OptunaSweepError
+
+    try:
+        study = load_study(args.storage, args.study_name)
+    except OptunaSweepError as exc:
+        print(f"glnet sweep report: error: {exc}", file=sys.stderr)
+        return 2
+    print(render_report(study, top=args.top, limit=args.limit))
+    if not args.no_html:
+        db = sqlite_path(args.storage)
+        folder = db.parent if db is not None else Path.cwd()
+        html = write_html(study, Path(args.html) if args.html else folder / f"{study.study_name}_report.html")
+        print(f"\nplots: {html}" if html else "\nplots: none yet (no complete trial)")
+    return 0
+
+
+if __name__ == "__main__":  # python -m glnet_lightning.sweeps.optuna_cli SWEEP_FILE ... (report: first arg "report")
+    argv = sys.argv[1:]
+    sys.exit(report_main(argv[1:]) if argv[:1] == ["report"] else optuna_main(argv))

@@ -1,0 +1,175 @@
+"""Storage, sampler and pruner of an Optuna study, built so several workers can share it safely.
+
+Why these choices:
+- default storage is ``sqlite:///<runs_dir>/<study_name>/study.db``: embedded, nothing to start;
+  SQLite is opened with a long busy timeout so two local workers wait for the write lock instead of
+  failing with "database is locked";
+- any other URL (``postgresql://``, ``mysql+pymysql://``) is passed to ``RDBStorage`` unchanged, so
+  workers on many machines join one study by running the same command with the same URL;
+- heartbeats: each running trial stamps the storage every ``interval`` s; a trial whose worker died
+  (killed, machine lost) goes stale after ``grace_period`` s and the next trial start marks it FAIL,
+  and ``RetryFailedTrialCallback`` enqueues its parameters again -- interrupted work is never lost;
+- creating the schema and the study is serialised with a lock file for SQLite, because two workers
+  started at the same moment would otherwise race on ``CREATE TABLE``.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import inspect
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+
+# Optuna 4.9 renamed RetryFailedTrialCallback (and RDBStorage's failed_trial_callback); use what exists.
+_RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+    optuna.storages.RetryFailedTrialCallback
+_STALE_ARG = ("heartbeat_stale_trial_callback"
+              if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage.__init__).parameters
+              else "failed_trial_callback")
+
+from .optuna_sweep import OptunaSweep, OptunaSweepError
+
+__all__ = ["default_storage_url", "sqlite_path", "make_storage", "make_sampler", "make_pruner", "open_study",
+           "load_study"]
+
+SQLITE_TIMEOUT_S = 120
+
+
+def default_storage_url(sweep: OptunaSweep) -> str:
+    return f"sqlite:///{(sweep.study_dir / 'study.db').resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (None for other storages or in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _sqlite_lock(url: str):
+    path = sqlite_path(url)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_storage(url: str, heartbeat: dict[str, Any] | None = None) -> RDBStorage:
+    """``RDBStorage`` with heartbeats (``heartbeat: {interval: 0}`` turns them off) and SQLite timeouts."""
+    heartbeat = dict(heartbeat or {})
+    interval = int(heartbeat.get("interval", 60))
+    kwargs: dict[str, Any] = {}
+    if interval > 0:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, but stable since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs[_STALE_ARG] = _RetryCallback(max_retry=int(heartbeat.get("max_retry", 1)))
+        kwargs["heartbeat_interval"] = interval
+        kwargs["grace_period"] = int(heartbeat.get("grace_period", 3 * interval))
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    with _sqlite_lock(url):
+        for attempt in range(5):  # a non-SQLite server may briefly refuse a new schema/connection
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types here
+                if attempt == 4 or sqlite_path(url) is not None:
+                    raise OptunaSweepError(f"cannot open Optuna storage {url}: {exc}") from exc
+                time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+def make_sampler(sweep: OptunaSweep) -> optuna.samplers.BaseSampler:
+    options = dict(sweep.sampler)
+    name = str(options.pop("name", "tpe")).lower()
+    if name == "grid":
+        return optuna.samplers.GridSampler(sweep.space.grid(), **options)
+    factories = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "qmc": optuna.samplers.QMCSampler,
+    }
+    if name not in factories:
+        raise OptunaSweepError(f"unknown sampler {name!r}; choose from {['grid', *factories]}")
+    try:
+        return factories[name](**options)
+    except TypeError as exc:
+        raise OptunaSweepError(f"sampler {name}: {exc}") from exc
+
+
+def make_pruner(sweep: OptunaSweep) -> optuna.pruners.BasePruner:
+    """Pruning needs one objective that is reported during training (Optuna cannot prune multi-objective)."""
+    options = dict(sweep.pruner)
+    name = str(options.pop("name", "median")).lower()
+    if name in ("none", "nop") or sweep.multi_objective or sweep.objectives[0].measured:
+        return optuna.pruners.NopPruner()
+    factories = {
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "threshold": optuna.pruners.ThresholdPruner,
+    }
+    if name not in factories:
+        raise OptunaSweepError(f"unknown pruner {name!r}; choose from {['none', *factories]}")
+    try:
+        return factories[name](**options)
+    except TypeError as exc:
+        raise OptunaSweepError(f"pruner {name}: {exc}") from exc
+
+
+def open_study(sweep: OptunaSweep, storage_url: str) -> optuna.Study:
+    """Create the study or load it (``load_if_exists``), checking it optimises the same directions."""
+    storage = make_storage(storage_url, sweep.heartbeat)
+    with _sqlite_lock(storage_url):
+        study = optuna.create_study(
+            storage=storage,
+            study_name=sweep.study_name,
+            directions=sweep.directions,
+            sampler=make_sampler(sweep),
+            pruner=make_pruner(sweep),
+            load_if_exists=True,
+        )
+    existing = [d.name.lower() for d in study.directions]
+    if existing != sweep.directions:
+        raise OptunaSweepError(f"study {sweep.study_name!r} in {storage_url} optimises {existing}, but the sweep "
+                               f"asks for {sweep.directions} ({[o.name for o in sweep.objectives]}); "
+                               "use another --study-name")
+    stored = study.user_attrs.get("objectives")
+    names = [o.name for o in sweep.objectives]
+    if stored is None:
+        study.set_user_attr("objectives", names)
+        study.set_user_attr("sweep_file", str(sweep.path))
+    elif stored != names:
+        raise OptunaSweepError(f"study {sweep.study_name!r} optimises {stored}, not {names}; use another --study-name")
+    return study
+
+
+def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
+    """An existing study for reading; ``study_name`` may be omitted when the storage holds exactly one."""
+    if sqlite_path(storage_url) is not None and not sqlite_path(storage_url).is_file():
+        raise OptunaSweepError(f"no study database at {sqlite_path(storage_url)}")
+    storage = RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+                         if storage_url.startswith("sqlite") else {})
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if study_name is None:
+        if len(names) != 1:
+            raise OptunaSweepError(f"{storage_url} holds studies {names}; pick one with --study-name")
+        study_name = names[0]
+    if study_name not in names:
+        raise OptunaSweepError(f"no study {study_name!r} in {storage_url} (it holds {names})")
+    return optuna.load_study(study_name=study_name, storage=storage)

@@ -1,0 +1,168 @@
+"""Optuna sweep files: base config + search space + sampler/pruner + objectives + per-trial budget.
+
+Why one file: a study is only resumable (and shareable by several workers) if every worker agrees
+on what is searched and how a trial is trained, so all of it lives in one versioned YAML::
+
+    base: configs/fashion_mnist.yaml          # relative to the repo (or to this file)
+    study_name: slots_kernel_fashion_mnist
+    runs_dir: runs/sweeps                     # trials in <runs_dir>/<study_name>/trial_NNNN
+    search_space: {num_slots: [9, 16, 25], kernel_size: [3, 5, 7]}
+    sampler: {name: tpe, seed: 0}             # tpe | random | grid | nsga2 | qmc (+ their kwargs)
+    pruner: {name: median, n_warmup_steps: 1} # median | hyperband | successive_halving | percentile | none
+    objectives:                               # val/acc1 alone, or with throughput / gmacs / params_m
+      - {name: val/acc1, direction: maximize}
+    budget: {trainer.max_epochs: 3}           # dotted LightningCLI keys applied to every trial
+    n_trials: 20
+    measure: {batch_size: 64, warmup: 2, repeats: 5}
+    heartbeat: {interval: 60, grace_period: 180, max_retry: 1}
+
+Precedence for a trial's config: base < ``budget`` < ``--set`` < the trial's parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .optuna_space import SearchSpace, parse_space
+
+__all__ = ["Objective", "OptunaSweep", "OptunaSweepError", "load_optuna_sweep", "parse_objective",
+           "MEASURED_METRICS"]
+
+#: Objectives computed after the fit instead of read from the logged metrics.
+MEASURED_METRICS = {"throughput": "maximize", "gmacs": "minimize", "params_m": "minimize"}
+
+_KEYS = {"base", "study_name", "runs_dir", "search_space", "sampler", "pruner", "objectives", "budget",
+         "n_trials", "timeout", "measure", "heartbeat", "skip_duplicates", "description"}
+
+
+class OptunaSweepError(ValueError):
+    """A sweep file (or CLI option) that cannot be used; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A value to optimise: a logged metric (e.g. ``val/acc1``) or one of :data:`MEASURED_METRICS`."""
+
+    name: str
+    direction: str
+
+    @property
+    def measured(self) -> bool:
+        return self.name in MEASURED_METRICS
+
+
+@dataclass(frozen=True)
+class OptunaSweep:
+    path: Path
+    base: Path
+    study_name: str
+    runs_dir: Path
+    space: SearchSpace
+    objectives: tuple[Objective, ...]
+    sampler: dict[str, Any] = field(default_factory=lambda: {"name": "tpe"})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"name": "median"})
+    budget: dict[str, Any] = field(default_factory=dict)
+    n_trials: int | None = 20
+    timeout: float | None = None
+    measure: dict[str, Any] = field(default_factory=dict)
+    heartbeat: dict[str, Any] = field(default_factory=dict)
+    skip_duplicates: bool = True
+
+    @property
+    def study_dir(self) -> Path:
+        return self.runs_dir / self.study_name
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+def parse_objective(raw: Any) -> Objective:
+    """``{name, direction}``, ``"name"`` or ``"name:direction"``; measured metrics know their direction."""
+    if isinstance(raw, str):
+        name, _, direction = raw.partition(":")
+        raw = {"name": name, "direction": direction or None}
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise OptunaSweepError(f"objective must be NAME[:DIRECTION] or {{name, direction}}, got {raw!r}")
+    name = str(raw["name"])
+    direction = raw.get("direction") or MEASURED_METRICS.get(name, "maximize")
+    if direction not in ("maximize", "minimize"):
+        raise OptunaSweepError(f"objective {name}: direction must be maximize or minimize, got {direction!r}")
+    return Objective(name, direction)
+
+
+def _find_base(base: str, sweep_path: Path) -> Path:
+    """Relative bases are looked up beside the sweep file and in its parent folders (the repo)."""
+    candidate = Path(base).expanduser()
+    if candidate.is_absolute() or candidate.is_file():
+        return candidate
+    for folder in (sweep_path.parent, *sweep_path.parent.parents):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return candidate
+
+
+def _mapping(raw: dict, key: str, default: dict) -> dict:
+    value = raw.get(key)
+    if value is None:
+        return dict(default)
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise OptunaSweepError(f"{key} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def load_optuna_sweep(path: str | Path, *, base: str | Path | None = None, runs_dir: str | Path | None = None,
+                      study_name: str | None = None, objectives: list[str] | None = None) -> OptunaSweep:
+    """Read and validate a sweep file; keyword arguments override the file (CLI options)."""
+    path = Path(path)
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise OptunaSweepError(f"cannot read sweep file {path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise OptunaSweepError(f"{path}: expected a mapping")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise OptunaSweepError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})")
+    if base is None and not raw.get("base"):
+        raise OptunaSweepError(f"{path}: 'base' (the LightningCLI config each trial trains) is missing")
+    base_path = Path(base) if base is not None else _find_base(str(raw["base"]), path)
+    try:
+        space = parse_space(raw.get("search_space"))
+    except ValueError as exc:
+        raise OptunaSweepError(f"{path}: {exc}") from exc
+    raw_objectives = objectives or raw.get("objectives") or ["val/acc1:maximize"]
+    parsed = tuple(parse_objective(o) for o in raw_objectives)
+    names = [o.name for o in parsed]
+    if len(set(names)) != len(names):
+        raise OptunaSweepError(f"{path}: duplicate objectives {names}")
+    budget = raw.get("budget") or {}
+    if not isinstance(budget, dict) or not all(isinstance(k, str) for k in budget):
+        raise OptunaSweepError(f"{path}: budget must map dotted config keys to values")
+    n_trials = raw.get("n_trials", 20)
+    return OptunaSweep(
+        path=path,
+        base=base_path,
+        study_name=str(study_name or raw.get("study_name") or path.stem),
+        runs_dir=Path(runs_dir or raw.get("runs_dir") or "runs/sweeps"),
+        space=space,
+        objectives=parsed,
+        sampler=_mapping(raw, "sampler", {"name": "tpe"}),
+        pruner=_mapping(raw, "pruner", {"name": "median"}),
+        budget=dict(budget),
+        n_trials=None if n_trials is None else int(n_trials),
+        timeout=None if raw.get("timeout") is None else float(raw["timeout"]),
+        measure=dict(raw.get("measure") or {}),
+        heartbeat=dict(raw.get("heartbeat") or {}),
+        skip_duplicates=bool(raw.get("skip_duplicates", True)),
+    )
