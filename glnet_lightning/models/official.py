@@ -138,13 +138,15 @@ def check_fits(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -
     """Raise a ValueError naming the mismatching keys, and the model a published checkpoint fits.
 
     The classifier is left out of the comparison: timm re-initialises it when ``num_classes``
-    differs from the checkpoint's.
+    differs from the checkpoint's; so are the input channels of the first conv (``in_chans``).
     """
     expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
     given = {k: v.shape for k, v in state_dict.items() if not k.startswith("head.")}
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
-    wrong_shape = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+    # the input conv may differ in its input channels only: timm adapts it (in_chans) after this filter
+    wrong_shape = sorted(k for k in set(expected) & set(given) if expected[k] != given[k]
+                         and not (k == "stem.0.weight" and expected[k][:1] + expected[k][2:] == given[k][:1] + given[k][2:]))
     if not (missing or unexpected or wrong_shape):
         return
     fits = identify_published_model(state_dict)

@@ -1,0 +1,115 @@
+"""``glnet sweep grid ...`` and ``glnet ablation table ...`` (also ``python -m glnet_lightning.sweeps.cli``).
+
+Why argparse here and not LightningCLI: these commands orchestrate many fits and read their
+results; only the fits themselves are LightningCLI runs. Both share the sweep options
+(``--base``, ``--set``) so a table always describes the same models the grid trained.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
+from .sweep_file import SweepError, load_sweep, parse_assignment
+
+__all__ = ["grid_main", "ablation_main", "main"]
+
+
+def _sweep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep_file", type=Path, help="sweep YAML, e.g. sweeps/ablation_stl.yaml")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run / show only these variants")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="edit the base config before the variant overrides (dotted key, YAML value), "
+                             "e.g. --set model.model_kwargs.depths=[1,1,1,1]; repeatable")
+    parser.add_argument("--base", help="use this base config instead of the sweep file's")
+    parser.add_argument("--runs", type=Path, help="one subdirectory per variant (default runs/<sweep name>)")
+
+
+def _load(args: argparse.Namespace):
+    sweep = load_sweep(args.sweep_file, base=args.base)
+    extra = dict(parse_assignment(text) for text in args.sets)
+    runs = args.runs if args.runs is not None else Path("runs") / sweep.path.stem
+    return sweep, sweep.select(args.only), extra, runs
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The options a cluster task must repeat so it resolves the same configs."""
+    forwarded = [arg for text in args.sets for arg in ("--set", text)]
+    return forwarded + (["--base", args.base] if args.base else [])
+
+
+def _guard(run, argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    """Parse, run, and turn user-facing errors into one ``error:`` line and exit code 2."""
+    try:
+        return run(parser.parse_args(argv))
+    except SweepError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+
+
+def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DEFAULT_FIT_COMMAND) -> int:
+    """Run (or print, or emit for a cluster) every selected variant; 1 if any variant failed."""
+    parser = argparse.ArgumentParser(prog="glnet sweep grid", description=grid_main.__doc__)
+    _sweep_options(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print each variant's command and config")
+    parser.add_argument("--emit", choices=("slurm", "commands"),
+                        help="print a SLURM array script or one command per variant instead of running")
+
+    def run(args: argparse.Namespace) -> int:
+        sweep, variants, extra, runs = _load(args)
+        if args.emit == "slurm":
+            print(slurm_script(sweep, variants, runs, _forwarded(args)), end="")
+        elif args.emit == "commands":
+            print("\n".join(variant_commands(sweep, variants, runs, _forwarded(args))))
+        else:
+            runner = GridRunner(sweep, runs, extra, fit_command=fit_command)
+            if args.dry_run:
+                runner.describe(variants)
+                return 0
+            states = runner.run(variants)
+            print("[sweep] " + ", ".join(f"{name}: {state}" for name, state in states.items()))
+            return 1 if "failed" in states.values() else 0
+        return 0
+
+    return _guard(run, argv, parser)
+
+
+def ablation_main(argv: Sequence[str] | None = None) -> int:
+    """Print params, GMACs, CPU throughput and top-1 of every variant beside the paper's."""
+    from .ablation_table import FORMATS, format_table, table_rows
+
+    parser = argparse.ArgumentParser(prog="glnet ablation table", description=ablation_main.__doc__)
+    _sweep_options(parser)
+    parser.add_argument("--format", choices=tuple(FORMATS), default="markdown")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier width counted in params")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per timed CPU forward")
+    parser.add_argument("--no-throughput", action="store_true", help="skip the CPU timing (fast)")
+
+    def run(args: argparse.Namespace) -> int:
+        sweep, variants, extra, runs = _load(args)
+        rows = table_rows(variants, extra, runs if runs.is_dir() else None, img_size=args.img_size,
+                          throughput_batch=None if args.no_throughput else args.batch_size,
+                          num_classes=args.num_classes)
+        print(format_table(rows, args.format))
+        return 0
+
+    return _guard(run, argv, parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m glnet_lightning.sweeps.cli grid|table ...`` (what emitted cluster commands call)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = {"grid": grid_main, "table": ablation_main}
+    if not args or args[0] not in commands:
+        print("usage: python -m glnet_lightning.sweeps.cli {grid,table} SWEEP_FILE [options]", file=sys.stderr)
+        return 2
+    return commands[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
