@@ -1,0 +1,229 @@
+"""``GLNetModule``: a GLNet (or any timm model) trained with the paper's ImageNet recipe.
+
+Why one module owns the whole recipe (DESIGN.md section 2): the optimizer groups, the
+batch-scaled warm-up/cosine schedule, Mixup/CutMix with the matching loss, and the EMA copy all
+depend on each other and on the model; everything is a constructor argument so a config file
+(LightningCLI) can change any of it, and ``save_hyperparameters`` lets
+``GLNetModule.load_from_checkpoint(path)`` rebuild the model with no config at all.
+Gradient clipping, precision and devices are Trainer settings, not module arguments.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from .ema import EmaWeights
+from .factory import create_backbone
+from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
+from .optim import build_adamw
+from .schedule import WarmupCosine, scale_lr
+
+__all__ = ["GLNetModule"]
+
+EMA_CHECKPOINT_KEY = "ema_state_dict"
+
+
+def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 (and top-5 when there are at least 5 classes) accuracy over all samples (micro average)."""
+    metrics = {"acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    if num_classes >= 5:
+        metrics["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+def _images(batch: Any) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class GLNetModule(LightningModule):
+    """Image classification with the GLNet recipe.
+
+    Args:
+        model_name: a timm model name (``glnet_stl``, ``glnet_4g``, ... or any timm model).
+        model_kwargs: extra constructor arguments, e.g. ``depths``, ``dims``, ``num_slots``, strategies.
+        num_classes: classifier width (the CLI links it to the data module's ``num_classes``).
+        drop_path_rate: stochastic depth (0.1 / 0.15 / 0.3 / 0.4 for STL / 4G / 9G / 16G).
+        lr: peak learning rate for a global batch of ``base_batch_size``; scaled linearly by the
+            actual global batch (per-device batch x devices x nodes x gradient accumulation).
+        weight_decay: AdamW decay for weights; norms, biases, ``tau`` and learned slots get none.
+        warmup_epochs: linear warm-up length (fractions allowed), then cosine down to ``min_lr``.
+        label_smoothing / mixup / cutmix / mixup_prob / mixup_switch_prob: timm ``Mixup`` settings;
+            mixing is off when both alphas (or the probability) are 0.
+        ema_decay: EMA of the weights (validated as ``val_ema/*``, saved in checkpoints); None disables.
+        ema_warmup: timm's EMA decay warm-up (useful for short runs).
+        slot_map_every_n_epochs: log slot assignment images every N epochs (0 disables).
+    """
+
+    def __init__(
+        self,
+        model_name: str = "glnet_stl",
+        model_kwargs: dict[str, Any] | None = None,
+        num_classes: int = 1000,
+        drop_path_rate: float = 0.1,
+        lr: float = 2e-3,
+        base_batch_size: int = 2048,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_epochs: float = 5.0,
+        warmup_lr: float = 1e-6,
+        min_lr: float = 1e-5,
+        label_smoothing: float = 0.1,
+        mixup: float = 0.8,
+        cutmix: float = 1.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        ema_decay: float | None = 0.9999,
+        ema_warmup: bool = False,
+        slot_map_every_n_epochs: int = 1,
+    ) -> None:
+        super().__init__()
+        if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0:
+            raise ValueError(f"need lr > 0, base_batch_size >= 1, weight_decay >= 0, warmup_epochs >= 0, min_lr >= 0; "
+                             f"got lr={lr}, base_batch_size={base_batch_size}, weight_decay={weight_decay}, "
+                             f"warmup_epochs={warmup_epochs}, min_lr={min_lr}")
+        if slot_map_every_n_epochs < 0:
+            raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
+        self.save_hyperparameters()
+        self.model = create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
+        self.mixup_fn = build_mixup(num_classes, mixup, cutmix, mixup_prob, mixup_switch_prob, label_smoothing)
+        self.train_criterion = build_train_criterion(self.mixup_fn is not None, label_smoothing)
+        self.ema = EmaWeights(ema_decay, ema_warmup) if ema_decay is not None else None
+        self._ema_step = -1
+        self.val_metrics = _accuracy_metrics(num_classes, "val/")
+        self.val_ema_metrics = _accuracy_metrics(num_classes, "val_ema/")
+        self.test_metrics = _accuracy_metrics(num_classes, "test/")
+        self.test_ema_metrics = _accuracy_metrics(num_classes, "test_ema/")
+
+    # ------------------------------------------------------------------ model
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The EMA weights as a model (created on first use), or None without EMA state."""
+        if self.ema is None or not self.ema.has_state:
+            return None
+        return self.ema.attach(self.model)
+
+    def configure_callbacks(self):
+        """The slot-map images belong to this module's recipe, so it brings their callback (unless the
+        Trainer already has one, configured by the user)."""
+        from .slot_maps import SlotMapCallback
+
+        every = self.hparams.slot_map_every_n_epochs
+        if every == 0 or any(isinstance(cb, SlotMapCallback) for cb in self.trainer.callbacks):
+            return []
+        return [SlotMapCallback(every_n_epochs=every)]
+
+    # ------------------------------------------------------------------ optimisation
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all devices: batch x world size x gradient accumulation."""
+        trainer = self.trainer
+        batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
+        if batch is None:
+            loader = trainer.train_dataloader
+            batch = getattr(loader, "batch_size", None)
+        if batch is None:
+            raise ValueError("cannot find the per-device batch size for lr scaling: give the data module a "
+                             "`batch_size` attribute")
+        return int(batch) * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        trainer = self.trainer
+        total_steps = trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ValueError("the lr schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
+        total_steps = max(1, int(total_steps))
+        steps_per_epoch = trainer.num_training_batches / trainer.accumulate_grad_batches
+        if not math.isfinite(steps_per_epoch):
+            steps_per_epoch = total_steps / max(1, trainer.max_epochs or 1)
+        warmup_steps = min(total_steps, round(hp.warmup_epochs * math.ceil(steps_per_epoch)))
+        global_batch = self.global_batch_size()
+        lr = scale_lr(hp.lr, global_batch, hp.base_batch_size)
+        rank_zero_info(f"lr {hp.lr:g} x global batch {global_batch} / {hp.base_batch_size} = {lr:.4g}; "
+                       f"{warmup_steps} warm-up of {total_steps} optimizer steps")
+        optimizer = build_adamw(self.model, lr=lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        schedule = WarmupCosine(lr, total_steps, warmup_steps, min_lr=hp.min_lr, warmup_lr=min(hp.warmup_lr, lr))
+        scheduler = LambdaLR(optimizer, schedule)
+        self._planned_schedule = repr(schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        if self.mixup_fn is not None:
+            if images.shape[0] % 2 == 0:
+                images, targets = self.mixup_fn(images, labels)
+            else:  # timm's batch mixing needs pairs; an odd leftover batch is trained unmixed
+                targets = one_hot_smoothed(labels, self.hparams.num_classes, self.hparams.label_smoothing)
+        else:
+            targets = labels
+        loss = self.train_criterion(self(images), targets)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.attach(self.model)
+        self._ema_step = self.trainer.global_step
+
+    def on_train_start(self) -> None:
+        # A resumed run keeps the checkpoint's lr curve (exact resume); say so if this run's settings
+        # (e.g. a larger max_epochs) would have planned a different one.
+        scheduler = self.lr_schedulers()
+        restored = repr(scheduler.lr_lambdas[0]) if scheduler is not None else None
+        planned = getattr(self, "_planned_schedule", None)
+        if restored and planned and restored != planned:
+            rank_zero_warn(f"resuming with the checkpoint's lr schedule {restored}; the current settings would "
+                           f"give {planned}. Start from the weights (not --ckpt_path) to train on a new schedule.")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # With gradient accumulation most batches do not step the optimizer; average only after steps.
+        step = self.trainer.global_step
+        if self.ema is not None and step > self._ema_step:
+            self.ema.update(self.model, step=step)
+        self._ema_step = step
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, batch: Any, metrics: MetricCollection, ema_metrics: MetricCollection, stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, labels), on_epoch=True, sync_dist=True,
+                 batch_size=images.shape[0])
+        metrics.update(logits, labels)
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
+        ema = self.ema_model
+        if ema is not None:
+            ema_metrics.update(ema(images), labels)
+            self.log_dict(ema_metrics, on_epoch=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, self.val_ema_metrics, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, self.test_ema_metrics, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Class probabilities (B, num_classes) and predicted class indices (B,)."""
+        probs = self(_images(batch)).float().softmax(dim=-1)
+        return {"probs": probs, "preds": probs.argmax(dim=-1)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and self.ema.has_state:
+            checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(EMA_CHECKPOINT_KEY)
+        if self.ema is not None and state is not None:
+            self.ema.load_state_dict(state)

@@ -1,0 +1,67 @@
+"""A bad config gives one ``glnet: error: ...`` line and exit code 2, before any data is read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glnet_lightning.cli.main import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FMNIST = str(CONFIGS / "fashion_mnist.yaml")
+IMAGENET_STL = str(CONFIGS / "imagenet_glnet_stl.yaml")
+
+# The data root points nowhere and downloads are off: reaching the data would be a different error.
+NO_DATA = ["--data.init_args.root=/nonexistent/fmnist", "--data.init_args.download=false"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--model.model_name=glnet_nope", "unknown model 'glnet_nope'"),
+    ("--model.model_kwargs.local=conv_magic", "unknown local strategy 'conv_magic'"),
+    ("--model.model_kwargs.fusion=sideways", "sideways"),
+    ("--model.model_kwargs.num_slots=5", "not a perfect square"),
+    ("--model.model_kwargs.kernel_size=4", "kernel_size=4 is invalid"),
+    ("--model.model_kwargs.dims=[30, 64, 96, 128]", "not a multiple of head_dim"),
+    ("--model.model_kwargs.bogus=1", "bogus"),
+    ("--model.lr=-1", "need lr > 0"),
+    ("--trainer.max_epochs=abc", "trainer.max_epochs"),
+    ("--trainer.strategy=warp_drive", "invalid strategy name"),
+    ("--data.init_args.batch_size=0", "batch_size=0"),
+    ("--model.no_such_option=1", "unrecognized arguments"),
+])
+def test_bad_value_gives_one_error_line(override, message, capsys, tmp_path):
+    rc = main(["fit", "--config", FMNIST, "--trainer.default_root_dir", str(tmp_path),
+               *NO_DATA, override])
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    errors = [line for line in err_lines if line.startswith("glnet: error:")]
+    assert rc == 2
+    assert len(errors) == 1 and message in errors[0], err_lines
+    assert not any("Traceback" in line for line in err_lines)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_data_is_one_line_too(capsys, tmp_path):
+    rc = main(["fit", "--config", FMNIST, "--trainer.default_root_dir", str(tmp_path),
+               *NO_DATA])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("glnet: error:")]
+    assert rc == 2 and len(errors) == 1 and "/nonexistent/fmnist" in errors[0]
+
+
+def test_imagenet_config_needs_only_data_root(capsys):
+    rc = main(["fit", "--config", IMAGENET_STL])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("glnet: error:")]
+    assert rc == 2 and len(errors) == 1 and "root" in errors[0]
+
+
+def test_imagenet_config_rejects_missing_tree(capsys, tmp_path):
+    rc = main(["fit", "--config", IMAGENET_STL, f"--data.init_args.root={tmp_path}/absent"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("glnet: error:")]
+    assert rc == 2 and len(errors) == 1 and f"{tmp_path}/absent" in errors[0]
+
+
+def test_console_script_prints_no_traceback(run_script, tmp_path):
+    result = run_script("glnet", ["fit", "--config", FMNIST, "--trainer.default_root_dir",
+                                  str(tmp_path), "--model.model_kwargs.num_slots=5"], timeout=180)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[-1]] and lines[-1].startswith("glnet: error: model: num_slots=5"), result.stderr

@@ -1,0 +1,54 @@
+"""``glnet`` dispatcher: help lists every command, unknown commands fail cleanly, bench is wired."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glnet_lightning.cli.main import COMMANDS, main
+
+
+def test_console_help_lists_all_subcommands(run_script):
+    result = run_script("glnet", ["--help"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    for name in ("fit", "validate", "test", "predict", "bench", "sweep", "ablation"):
+        assert f"  {name} " in result.stdout
+    assert set(COMMANDS) >= {"fit", "validate", "test", "predict", "bench"}
+
+
+def test_no_command_and_unknown_command(capsys):
+    assert main([]) == 2
+    assert "commands:" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("glnet: error: unknown command 'frobnicate'")
+
+
+def test_bench_is_dispatched(capsys):
+    assert main(["bench", "--help"]) == 0
+    assert "glnet bench" in capsys.readouterr().out
+
+
+def test_training_subcommand_help(capsys):
+    assert main(["fit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--ckpt_path" in out and "--checkpoint.monitor" in out and "--model.model_kwargs" in out
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_other_lightning_subcommands_exist(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "--ckpt_path" in capsys.readouterr().out
+
+
+def test_sweep_and_ablation_groups_are_dispatched(capsys):
+    sweep_file = Path(__file__).resolve().parents[2] / "sweeps" / "ablation_stl.yaml"
+    assert main(["sweep", "grid", str(sweep_file), "--dry-run", "--only", "local_only"]) == 0
+    out = capsys.readouterr().out
+    assert "local_only" in out and "global_branch" in out
+    assert main(["sweep", "optuna", "--help"]) == 0
+    assert main(["sweep", "report", "--help"]) == 0
+    assert main(["ablation", "table", "--help"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", "gird"]) == 2
+    assert "unknown sub-command 'gird'; choose from grid, optuna, report" in capsys.readouterr().err
