@@ -19,14 +19,27 @@ def conformance_dir() -> Path | None:
     return None
 
 
+def required(found: Path | None, missing: str) -> Path:
+    """Tests that need an external file skip on a developer's machine without it, but fail in CI."""
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return found
+
+
 @pytest.fixture(scope="session")
 def conformance() -> Path:
-    path = conformance_dir()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("conformance fixtures not found: expected ../shared/conformance or $GLNET_CONFORMANCE_DIR")
-        pytest.skip("conformance fixtures not found (set GLNET_CONFORMANCE_DIR)")
-    return path
+    return required(conformance_dir(), "conformance fixtures not found: expected ../shared/conformance "
+                                       "or $GLNET_CONFORMANCE_DIR")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    from glnet_lightning.data import find_system_fashion_mnist
+
+    return required(find_system_fashion_mnist(), "Fashion-MNIST not installed: the Debian package "
+                                                 "dataset-fashion-mnist is required")
 
 
 @pytest.fixture(autouse=True)

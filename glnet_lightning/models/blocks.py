@@ -14,39 +14,42 @@ def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate > 0 else nn.Identity()
 
 
-class GLMixBlock(nn.Module):
-    """GLMix block: [CPE] -> norm -> GLMixer (local + global branch, per the fusion strategy) ->
-    residual, then norm -> conv MLP -> residual. The slot init sees the block input before CPE/norm.
-    """
+class _ConvMlpBlock(nn.Module):
+    """What GLMix and 'mha_nchw' blocks share: an optional CPE in front and the
+    norm -> conv MLP -> layer scale -> residual half; subclasses add the token mixer."""
 
-    def __init__(
-        self,
-        dim: int,
-        mixer: GLMixConfig,
-        head_dim: int = 32,
-        mlp_ratio: float = 4.0,
-        cpe_kernel: int = 0,
-        mlp_dwconv: bool = False,
-        layer_scale_init: float | None = None,
-        drop_path: float = 0.0,
-    ):
+    def __init__(self, dim: int, mlp_ratio: float, cpe_kernel: int, mlp_dwconv: bool,
+                 layer_scale_init: float | None, drop_path: float):
         super().__init__()
         self.cpe = ConvPosEnc(dim, cpe_kernel) if cpe_kernel else None
-        self.norm1 = LayerNorm2d(dim)
-        self.mixer = mixer.build(dim, head_dim)
-        self.ls1 = layer_scale(dim, layer_scale_init)
-        self.drop_path1 = _drop_path(drop_path)
         self.norm2 = LayerNorm2d(dim)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio), dwconv=mlp_dwconv)
         self.ls2 = layer_scale(dim, layer_scale_init)
         self.drop_path2 = _drop_path(drop_path)
+
+    def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+class GLMixBlock(_ConvMlpBlock):
+    """GLMix block: [CPE] -> norm -> GLMixer (local + global branch, per the fusion strategy) ->
+    residual, then norm -> conv MLP -> residual. The slot init sees the block input before CPE/norm.
+    """
+
+    def __init__(self, dim: int, mixer: GLMixConfig, head_dim: int = 32, mlp_ratio: float = 4.0, cpe_kernel: int = 0,
+                 mlp_dwconv: bool = False, layer_scale_init: float | None = None, drop_path: float = 0.0):
+        super().__init__(dim, mlp_ratio, cpe_kernel, mlp_dwconv, layer_scale_init, drop_path)
+        self.norm1 = LayerNorm2d(dim)
+        self.mixer = mixer.build(dim, head_dim)
+        self.ls1 = layer_scale(dim, layer_scale_init)
+        self.drop_path1 = _drop_path(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         block_input = x
         if self.cpe is not None:
             x = self.cpe(x)
         x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x), block_input)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return self.mlp_residual(x)
 
 
 class TransformerBlock(nn.Module):
@@ -69,30 +72,16 @@ class TransformerBlock(nn.Module):
         return grid_of(t, H, W)
 
 
-class MHSANCHWBlock(nn.Module):
+class MHSANCHWBlock(_ConvMlpBlock):
     """Full-attention block of the 4G family ('mha_nchw'): CPE, token MHSA, conv MLP, layer scale."""
 
-    def __init__(
-        self,
-        dim: int,
-        head_dim: int = 32,
-        mlp_ratio: float = 4.0,
-        cpe_kernel: int = 0,
-        mlp_dwconv: bool = False,
-        layer_scale_init: float | None = None,
-        drop_path: float = 0.0,
-        **_unused,
-    ):
-        super().__init__()
-        self.cpe = ConvPosEnc(dim, cpe_kernel) if cpe_kernel else None
+    def __init__(self, dim: int, head_dim: int = 32, mlp_ratio: float = 4.0, cpe_kernel: int = 0,
+                 mlp_dwconv: bool = False, layer_scale_init: float | None = None, drop_path: float = 0.0, **_unused):
+        super().__init__(dim, mlp_ratio, cpe_kernel, mlp_dwconv, layer_scale_init, drop_path)
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = MultiHeadSelfAttention(dim, head_dim)
         self.ls1 = layer_scale(dim, layer_scale_init, channel_dim=-1)
         self.drop_path1 = _drop_path(drop_path)
-        self.norm2 = LayerNorm2d(dim)
-        self.mlp = ConvMlp(dim, int(dim * mlp_ratio), dwconv=mlp_dwconv)
-        self.ls2 = layer_scale(dim, layer_scale_init)
-        self.drop_path2 = _drop_path(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cpe is not None:
@@ -100,7 +89,7 @@ class MHSANCHWBlock(nn.Module):
         H, W = x.shape[-2:]
         attn = self.ls1(self.attn(self.norm1(pixels_of(x))))
         x = x + self.drop_path1(grid_of(attn, H, W))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return self.mlp_residual(x)
 
 
 BLOCK_TYPES = {"glmix": GLMixBlock, "mha": TransformerBlock, "mha_nchw": MHSANCHWBlock}

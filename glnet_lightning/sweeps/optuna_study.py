@@ -103,12 +103,7 @@ def make_sampler(sweep: OptunaSweep) -> optuna.samplers.BaseSampler:
         "nsga2": optuna.samplers.NSGAIISampler,
         "qmc": optuna.samplers.QMCSampler,
     }
-    if name not in factories:
-        raise OptunaSweepError(f"unknown sampler {name!r}; choose from {['grid', *factories]}")
-    try:
-        return factories[name](**options)
-    except TypeError as exc:
-        raise OptunaSweepError(f"sampler {name}: {exc}") from exc
+    return _build_named("sampler", name, factories, options, also=["grid"])
 
 
 def make_pruner(sweep: OptunaSweep) -> optuna.pruners.BasePruner:
@@ -124,12 +119,17 @@ def make_pruner(sweep: OptunaSweep) -> optuna.pruners.BasePruner:
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
         "threshold": optuna.pruners.ThresholdPruner,
     }
+    return _build_named("pruner", name, factories, options, also=["none"])
+
+
+def _build_named(kind: str, name: str, factories: dict, options: dict, also: list[str]):
+    """Instantiate the sweep file's sampler/pruner by name, turning bad names/options into sweep errors."""
     if name not in factories:
-        raise OptunaSweepError(f"unknown pruner {name!r}; choose from {['none', *factories]}")
+        raise OptunaSweepError(f"unknown {kind} {name!r}; choose from {[*also, *factories]}")
     try:
         return factories[name](**options)
     except TypeError as exc:
-        raise OptunaSweepError(f"pruner {name}: {exc}") from exc
+        raise OptunaSweepError(f"{kind} {name}: {exc}") from exc
 
 
 def open_study(sweep: OptunaSweep, storage_url: str) -> optuna.Study:

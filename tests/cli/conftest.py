@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from glnet_lightning.data import find_system_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -63,16 +62,6 @@ def subprocess_env() -> dict[str, str]:
 def run_script(script: str, args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(console(script) + args, capture_output=True, text=True, timeout=timeout,
                           env=subprocess_env(), cwd=REPO, **kwargs)
-
-
-@pytest.fixture(scope="session")
-def fashion_mnist() -> Path:
-    path = find_system_fashion_mnist()
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("Fashion-MNIST not installed: the Debian package dataset-fashion-mnist is required")
-        pytest.skip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist)")
-    return path
 
 
 @pytest.fixture(name="tiny_args")
