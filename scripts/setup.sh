@@ -18,6 +18,11 @@ if command -v dpkg >/dev/null 2>&1 && ! dpkg -s dataset-fashion-mnist >/dev/null
   fi
 fi
 
+if [ -n "${CI:-}" ] && ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  echo "[setup] CI has no internet: the Debian package dataset-fashion-mnist must be installed" >&2
+  exit 1
+fi
+
 echo "[setup] installing torch, torchvision and glnet-lightning[test] with $PY"
 $PY -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 $PY -m pip install -q --disable-pip-version-check -e ".[test]"
