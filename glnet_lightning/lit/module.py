@@ -24,6 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from .ema import EmaWeights
 from .factory import create_backbone
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
+from .nonfinite import NonFiniteLossGuard
 from .optim import build_adamw
 from .schedule import WarmupCosine, scale_lr
 
@@ -61,6 +62,8 @@ class GLNetModule(LightningModule):
         ema_decay: EMA of the weights (validated as ``val_ema/*``, saved in checkpoints); None disables.
         ema_warmup: timm's EMA decay warm-up (useful for short runs).
         slot_map_every_n_epochs: log slot assignment images every N epochs (0 disables).
+        nonfinite_loss: a NaN/inf training loss ``stop``s the run (naming the step and the last
+            checkpoint) or is ``skip``ped without changing weights, optimizer or EMA (lit/nonfinite.py).
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class GLNetModule(LightningModule):
         ema_decay: float | None = 0.9999,
         ema_warmup: bool = False,
         slot_map_every_n_epochs: int = 1,
+        nonfinite_loss: str = "stop",
     ) -> None:
         super().__init__()
         if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0:
@@ -92,12 +96,14 @@ class GLNetModule(LightningModule):
                              f"warmup_epochs={warmup_epochs}, min_lr={min_lr}")
         if slot_map_every_n_epochs < 0:
             raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
+        self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss)  # validates the policy
         self.save_hyperparameters()
         self.model = create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
         self.mixup_fn = build_mixup(num_classes, mixup, cutmix, mixup_prob, mixup_switch_prob, label_smoothing)
         self.train_criterion = build_train_criterion(self.mixup_fn is not None, label_smoothing)
         self.ema = EmaWeights(ema_decay, ema_warmup) if ema_decay is not None else None
         self._ema_step = -1
+        self.optimizer_step_skipped = False  # set by NonFiniteLossGuard: keep the EMA out of a skipped step
         self.val_metrics = _accuracy_metrics(num_classes, "val/")
         self.val_ema_metrics = _accuracy_metrics(num_classes, "val_ema/")
         self.test_metrics = _accuracy_metrics(num_classes, "test/")
@@ -119,10 +125,11 @@ class GLNetModule(LightningModule):
         Trainer already has one, configured by the user)."""
         from .slot_maps import SlotMapCallback
 
+        callbacks = [self.nonfinite_guard]
         every = self.hparams.slot_map_every_n_epochs
         if every == 0 or any(isinstance(cb, SlotMapCallback) for cb in self.trainer.callbacks):
-            return []
-        return [SlotMapCallback(every_n_epochs=every)]
+            return callbacks
+        return [*callbacks, SlotMapCallback(every_n_epochs=every)]
 
     # ------------------------------------------------------------------ optimisation
     def global_batch_size(self) -> int:
@@ -153,7 +160,7 @@ class GLNetModule(LightningModule):
         rank_zero_info(f"lr {hp.lr:g} x global batch {global_batch} / {hp.base_batch_size} = {lr:.4g}; "
                        f"{warmup_steps} warm-up of {total_steps} optimizer steps")
         optimizer = build_adamw(self.model, lr=lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        schedule = WarmupCosine(lr, total_steps, warmup_steps, min_lr=hp.min_lr, warmup_lr=min(hp.warmup_lr, lr))
+        schedule = WarmupCosine(lr, total_steps, warmup_steps, min_lr=min(hp.min_lr, lr), warmup_lr=min(hp.warmup_lr, lr))
         scheduler = LambdaLR(optimizer, schedule)
         self._planned_schedule = repr(schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
@@ -190,7 +197,7 @@ class GLNetModule(LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # With gradient accumulation most batches do not step the optimizer; average only after steps.
         step = self.trainer.global_step
-        if self.ema is not None and step > self._ema_step:
+        if self.ema is not None and step > self._ema_step and not self.optimizer_step_skipped:
             self.ema.update(self.model, step=step)
         self._ema_step = step
 

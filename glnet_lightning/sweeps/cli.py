@@ -7,6 +7,7 @@ results; only the fits themselves are LightningCLI runs. Both share the sweep op
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,8 @@ def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DE
                 return 0
             states = runner.run(variants)
             print("[sweep] " + ", ".join(f"{name}: {state}" for name, state in states.items()))
+            if "interrupted" in states.values():
+                return 128 + signal.SIGTERM  # the shell's convention for "terminated by SIGTERM"
             return 1 if "failed" in states.values() else 0
         return 0
 

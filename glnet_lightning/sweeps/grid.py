@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -100,10 +101,13 @@ class GridRunner:
             self.echo(yaml.safe_dump({"config": config}, sort_keys=False, default_flow_style=None).rstrip())
 
     def run(self, variants: Sequence[Variant]) -> dict[str, str]:
-        """Run each variant unless finished; returns ``{name: state}``. Failures do not stop the rest."""
+        """Run each variant unless finished; returns ``{name: state}``. Failures do not stop the rest;
+        a SIGTERM to the runner stops the sweep after the running variant has saved (``interrupted``)."""
         states = {}
         for variant in variants:
             states[variant.name] = self._run_one(variant)
+            if states[variant.name] == "interrupted":
+                break
         return states
 
     def _run_one(self, variant: Variant) -> str:
@@ -125,7 +129,12 @@ class GridRunner:
         with open(run_dir / LOG_FILE, "a") as log:
             log.write(f"$ {shlex.join(command)}\n")
             log.flush()
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+            code, terminated = _call_forwarding_sigterm(command, log)
+        if terminated:
+            _write_status(run_dir, state="interrupted", command=command, started=started, ended=time.time(),
+                          returncode=code)
+            self.echo(f"[sweep] {variant.name}: interrupted by SIGTERM; run the same command again to resume it")
+            return "interrupted"
         if code != 0:
             return self._failed(run_dir, variant, command, _tail(run_dir / LOG_FILE), started, code)
         _write_status(run_dir, state="finished", command=command, started=started, ended=time.time(),
@@ -140,6 +149,32 @@ class GridRunner:
         last = error.strip().splitlines()[-1] if error.strip() else f"exit code {code}"
         self.echo(f"[sweep] {variant.name}: FAILED ({last}); see {run_dir / LOG_FILE}")
         return "failed"
+
+
+def _call_forwarding_sigterm(command: list[str], log) -> tuple[int, bool]:
+    """Run ``command``; a SIGTERM to the runner (``kill``, a scheduler's pre-emption) is passed on to it.
+
+    Why: without this the runner dies and the fit carries on orphaned, or is killed without its
+    pre-emption checkpoint. The fit saves ``last.ckpt`` on SIGTERM; the runner then stops the sweep.
+    Returns the exit code and whether a SIGTERM arrived.
+    """
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    received = []
+
+    def forward(signum, frame):  # noqa: ARG001 - signal handler signature
+        received.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, forward)
+    except ValueError:  # not the main thread: signals cannot be handled here
+        previous = None
+    try:
+        code = proc.wait()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return code, bool(received)
 
 
 def _grid_argv(sweep: Sweep, runs_dir: Path, extra_args: Sequence[str]) -> list[str]:

@@ -28,13 +28,40 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "apply_overrides", "load_sweep", "parse_assignment"]
+__all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "apply_overrides", "inline_config_files", "load_sweep",
+           "parse_assignment"]
 
 _PAPER_KEYS = ("gflops", "params_m", "throughput", "top1")
 
 
 class SweepError(ValueError):
     """A sweep file or an override that cannot be used; the message names the culprit."""
+
+
+def inline_config_files(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a LightningCLI YAML config, replacing values that name a sub-config file by its contents.
+
+    Why: a config may compose others (``trainer: imagenet/trainer_8gpu.yaml``), which
+    LightningCLI resolves relative to the file that names them. A variant's resolved config is
+    written into its run directory, where such relative paths no longer resolve, and ``--set``
+    edits must reach keys inside the sub-config, so the sub-files are inlined first.
+    """
+    path = path.resolve()
+    if path in _seen:
+        raise SweepError(f"config files include each other in a cycle: {' -> '.join(map(str, (*_seen, path)))}")
+    with open(path) as handle:
+        config = yaml.safe_load(handle) or {}
+    if not isinstance(config, dict):
+        raise SweepError(f"{path}: a config file must be a mapping of keys, not {type(config).__name__}")
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, str) and node.endswith((".yaml", ".yml")) and (path.parent / node).is_file():
+            return inline_config_files(path.parent / node, (*_seen, path))
+        return node
+
+    return inline(config)
 
 
 @dataclass(frozen=True)
@@ -80,10 +107,10 @@ class Sweep:
     variants: list[Variant]
 
     def base_config(self) -> dict[str, Any]:
+        """The base config with its sub-config files inlined (see :func:`inline_config_files`)."""
         if not self.base.is_file():
             raise SweepError(f"{self.path}: base config {self.base} does not exist (pass another with --base)")
-        with open(self.base) as handle:
-            return yaml.safe_load(handle) or {}
+        return inline_config_files(self.base)
 
     def select(self, names: list[str] | None) -> list[Variant]:
         """The variants named (in file order), all of them when ``names`` is empty."""

@@ -97,6 +97,16 @@ FAKE_FIT = textwrap.dedent("""
     if mode == "fail":
         print("RuntimeError: loss is nan")
         sys.exit(3)
+    if mode == "wait_for_sigterm":  # like fit's pre-emption callback: save on SIGTERM, exit cleanly
+        import signal, time
+        def save_and_exit(*_):
+            (root / "checkpoints").mkdir(exist_ok=True)
+            (root / "checkpoints" / "last.ckpt").write_text("saved on SIGTERM")
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, save_and_exit)
+        (root / "ready").write_text("")
+        time.sleep(60)
+        sys.exit(5)
     (root / "checkpoints").mkdir(exist_ok=True)
     (root / "checkpoints" / "last.ckpt").write_text("fake")
 """)
@@ -195,3 +205,42 @@ def test_real_tiny_fit_runs_resumably_and_logs_top1(tmp_path):
     assert tag in ("test/acc1", "val/acc1") and 0.0 <= top1 <= 100.0
     assert grid_main(args) == 0  # finished: skipped, no second fit
     assert read_status(run_dir)["state"] == "finished"
+
+
+def test_sub_config_files_are_inlined_so_the_written_config_resolves_anywhere(tmp_path):
+    """ImageNet bases compose ``trainer: imagenet/trainer_8gpu.yaml``; a variant's config is written to its
+    run directory, where that relative path would not resolve, and ``--set`` must reach keys inside it."""
+    variant = load_sweep(STL_SWEEP).variants[0]
+    config = variant.config({"trainer.max_epochs": 2})
+    assert isinstance(config["trainer"], dict) and config["trainer"]["max_epochs"] == 2
+    assert config["trainer"]["strategy"] == "ddp"  # from configs/imagenet/trainer_8gpu.yaml
+    assert config["data"]["class_path"].endswith("ImageNetDataModule")
+
+    (tmp_path / "a.yaml").write_text("trainer: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("max_epochs: a.yaml\n")
+    (tmp_path / "sweep.yaml").write_text("base: a.yaml\nvariants:\n  - name: v\n    overrides: {}\n")
+    with pytest.raises(SweepError, match="cycle"):
+        load_sweep(tmp_path / "sweep.yaml").variants[0].config()
+
+
+def test_sigterm_to_the_runner_reaches_the_running_fit_and_stops_the_sweep(fake_sweep):
+    import signal
+    import subprocess
+    import time
+
+    runs = fake_sweep / "runs"
+    (fake_sweep / "base.yaml").write_text("fake: {mode: wait_for_sigterm}\ntrainer: {max_epochs: 1}\n")
+    script = (f"import sys; from glnet_lightning.sweeps.cli import grid_main; sys.exit(grid_main("
+              f"[{str(fake_sweep / 'sweep.yaml')!r}, '--runs', {str(runs)!r}, '--only', 'first', 'last'], "
+              f"fit_command=({sys.executable!r}, {str(fake_sweep / 'fake_fit.py')!r})))")
+    runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (runs / "first" / "ready").exists():
+        assert runner.poll() is None and time.time() < deadline, "the fake fit never started"
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 128 + signal.SIGTERM
+    assert (runs / "first" / "checkpoints" / "last.ckpt").read_text() == "saved on SIGTERM"
+    assert read_status(runs / "first")["state"] == "interrupted"
+    assert "interrupted by SIGTERM" in out and not (runs / "last").exists()  # the sweep stopped there
