@@ -1,0 +1,104 @@
+"""``glnet viz``: the slot figures of ``notebooks/slot_visualization.ipynb`` as PNG files.
+
+For users without Jupyter: the same functions draw the same figures; every problem the user can fix
+(missing checkpoint, unreadable image, bad block number) is one ``glnet viz: error:`` line and exit
+code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
+from .checkpoints import CheckpointError, load_model
+from .images import DEFAULT_IMAGES, ImageError, load_images
+
+__all__ = ["main", "build_parser", "write_figures"]
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"num_slots\": 49}'")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glnet viz",
+        description="Write the paper's slot figures for a checkpoint: per image and GLMix block, the input, the "
+                    "pseudo-coloured slot assignment and the 4 representative slots (k-medoids) as heat maps; "
+                    "with --early, also the early-vs-late comparison.",
+        epilog="examples:\n  glnet viz runs/fashion_mnist/checkpoints/last.ckpt --out figures\n"
+               "  glnet viz glnet_stl.pth --model-name glnet_stl --images cat.jpg dog.png --blocks 2 5 10",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path,
+                        help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
+    parser.add_argument("--early", type=Path, metavar="CHECKPOINT",
+                        help="an earlier checkpoint of the same model, for the early-vs-late comparison")
+    parser.add_argument("--images", nargs="+", metavar="PATH",
+                        help="image files, or skimage:NAME for scikit-image samples "
+                             f"(default: {' '.join(DEFAULT_IMAGES)})")
+    parser.add_argument("--blocks", nargs="+", type=int, default=list(DEFAULT_BLOCKS), metavar="N",
+                        help="GLMix block numbers counted from 1 across stages (default: 2 5 10); a smaller "
+                             "model shows its lower / middle / upper blocks instead")
+    parser.add_argument("--out", type=Path, default=Path("slot_figures"), help="output folder (default: slot_figures)")
+    parser.add_argument("--size", type=int, help="input resolution (default: the model's training size)")
+    parser.add_argument("--slots", type=int, default=4, help="representative slots per block (default: 4)")
+    parser.add_argument("--model-name", help="timm model name for a state dict file (published ones are recognised)")
+    parser.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+                        help="constructor arguments for a state dict of a non-default size, e.g. '{\"num_slots\": 16}'")
+    parser.add_argument("--ema", action="store_true", help="use the EMA weights of a fit checkpoint")
+    return parser
+
+
+def write_figures(args: argparse.Namespace) -> list[Path]:
+    """Draw and save every figure; returns the files written."""
+    from .slot_figures import comparison_figure, save_figure, slot_figure
+    from .slot_views import compute_slot_views
+
+    check_block_numbers(args.blocks)  # a bad number fails before anything is loaded
+    images = load_images(args.images)
+    checkpoints = [args.early, args.checkpoint] if args.early else [args.checkpoint]
+    per_checkpoint = []
+    for path in checkpoints:
+        loaded = load_model(path, args.model_name, args.model_kwargs, ema=args.ema)
+        results, notes = compute_slot_views(loaded, images, args.blocks, args.slots, args.size)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        per_checkpoint.append(results)
+    written = []
+    late = per_checkpoint[-1]
+    for result in late:
+        written.append(save_figure(slot_figure(result), args.out / f"{result.name}_slots.png"))
+    if args.early:
+        for early, result in zip(per_checkpoint[0], late):
+            figure = comparison_figure([early, result])
+            written.append(save_figure(figure, args.out / f"{result.name}_early_vs_late.png"))
+    return written
+
+
+def main(argv: list[str]) -> int:
+    """``glnet viz ARGS``: 0 when the figures are written, 2 for a problem the user can fix."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.size is not None and args.size < 8:
+            parser.error(f"--size {args.size} is too small (8 pixels at least)")
+        if args.slots < 1:
+            parser.error(f"--slots {args.slots}: show at least one representative slot")
+    except SystemExit as exc:  # --help (0), a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        written = write_figures(args)
+    except (CheckpointError, ImageError, BlockError) as exc:
+        print(f"glnet viz: error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
