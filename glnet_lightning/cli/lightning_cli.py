@@ -4,30 +4,45 @@ Why a subclass: it fixes the project's run layout and defaults in one place —
 - one directory per run: TensorBoard events, ``config.yaml`` and ``checkpoints/`` all go straight
   into ``--trainer.default_root_dir`` (default ``runs/<model_name>``; no ``lightning_logs/version_N``
   nesting), unless the user configures ``--trainer.logger`` themselves;
-- checkpoints: ``checkpoints/last.ckpt`` and ``checkpoints/best.ckpt`` (by ``val/acc1``), written
-  atomically (:class:`~glnet_lightning.lit.AtomicCheckpointIO`), so ``--ckpt_path last`` resumes;
+- checkpoints: ``checkpoints/last.ckpt`` (every epoch, :class:`~glnet_lightning.lit.RunCheckpoint`)
+  and ``checkpoints/best.ckpt`` (by ``val/acc1``), written atomically
+  (:class:`~glnet_lightning.lit.AtomicCheckpointIO`), so ``--ckpt_path last`` resumes;
 - ``data.num_classes`` (when the data module has it) sets ``model.num_classes``;
-- bad values (parse errors, a model or data module refusing its arguments) surface as one
-  :class:`ConfigError` before any data is read, which ``cli.main`` prints as a single line.
+- bad values (parse errors, a model or data module refusing its arguments, an image size the
+  model's stride does not divide) surface as one :class:`ConfigError` before any data is read,
+  which ``cli.main`` prints as a single line;
+- failures during a run that have a clear fix — a diverged loss, a full disk while saving, a
+  checkpoint that does not fit the configured model — are reported the same way (:class:`RunError`);
+- SIGTERM (SLURM pre-emption) saves ``last.ckpt`` (:class:`~glnet_lightning.lit.PreemptionCheckpoint`)
+  and exits with status 143 (128 + SIGTERM) after one line saying how to resume.
+  See docs/reliability.md.
 """
 from __future__ import annotations
 
 import os
 import re
+import signal
+import sys
 from typing import Any
 
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWriter
+from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
+from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
 from glnet_lightning.lit.factory import check_backbone_config
+from glnet_lightning.lit.nonfinite import TrainingDiverged
+from glnet_lightning.lit.preemption import PreemptionCheckpoint
+from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
-__all__ = ["GLNetCLI", "ConfigError", "CHECKPOINT_DEFAULTS"]
+__all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE"]
 
 #: Defaults of the ``--checkpoint.*`` group (a ModelCheckpoint every run has).
 CHECKPOINT_DEFAULTS: dict[str, Any] = {
@@ -47,8 +62,18 @@ _CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, 
                   MisconfigurationException)
 
 
+#: Exit status after a SIGTERM-triggered save: what a shell reports for a process ended by SIGTERM,
+#: so wrappers and schedulers do not mistake a pre-empted run for a finished one.
+SIGTERM_EXIT_CODE = 128 + int(signal.SIGTERM)
+
+
 class ConfigError(Exception):
     """A configuration the CLI cannot run; the message is meant to be shown as is, on one line."""
+
+
+class RunError(ConfigError):
+    """A run stopped for a reason the user can fix (diverged loss, disk full, checkpoint that does not
+    fit); a ``ConfigError`` so that ``cli.main`` prints it as one ``error:`` line with status 2."""
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -96,7 +121,7 @@ class GLNetCLI(LightningCLI):
 
     # ------------------------------------------------------------------ parsing
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({f"checkpoint.{k}": v for k, v in CHECKPOINT_DEFAULTS.items()})
         parser.link_arguments("data", "model.num_classes", compute_fn=_num_classes_of, apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=False,
@@ -124,9 +149,10 @@ class GLNetCLI(LightningCLI):
         if config.get("trainer") is not None and not config.trainer.get("default_root_dir"):
             config.trainer.default_root_dir = os.path.join(RUNS_DIR, model.model_name)
         try:
-            check_backbone_config(model.model_name, model.model_kwargs, 1000, model.drop_path_rate)
+            backbone = check_backbone_config(model.model_name, model.model_kwargs, 1000, model.drop_path_rate)
         except ValueError as exc:
             raise ConfigError(f"model: {_one_line(exc)}") from exc
+        _check_image_size(config.get("data"), backbone)
 
     # ------------------------------------------------------------------ instantiation
     def instantiate_classes(self) -> None:
@@ -136,13 +162,37 @@ class GLNetCLI(LightningCLI):
             raise ConfigError(_one_line(exc)) from exc
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Run the Trainer method; a missing or malformed data set is reported like a config error."""
+        """Run the Trainer method; a missing or malformed data set, a diverged loss, a failed checkpoint
+        write or a checkpoint of another architecture is one error line; SIGTERM exits with 143."""
         from glnet_lightning.data import DatasetLayoutError, UnreadableImageError
 
         try:
             super()._run_subcommand(subcommand)
         except (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError) as exc:
             raise ConfigError(_one_line(exc)) from exc
+        except (TrainingDiverged, CheckpointWriteError) as exc:
+            raise RunError(_one_line(exc)) from exc
+        except RuntimeError as exc:
+            # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds
+            # the model from the file's hyper-parameters; "last"/"best"/"hpc" are resolved later.)
+            reason = self.trainer.ckpt_path and "Error(s) in loading state_dict" in str(exc) and \
+                checkpoint_mismatch(self.trainer.ckpt_path, self.model)
+            if reason:
+                raise RunError(reason) from exc
+            raise
+        except SIGTERMException:
+            self._report_preemption()
+            raise SystemExit(SIGTERM_EXIT_CODE) from None
+
+    def _report_preemption(self) -> None:
+        saved = next((cb for cb in self.trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None)
+        if not self.trainer.is_global_zero:
+            return
+        if saved is not None and saved.saved_path:
+            what = f"saved {saved.saved_path} at global step {saved.saved_step}; resume with --ckpt_path last"
+        else:
+            what = "nothing to save outside training"
+        print(f"{self.parser.prog}: stopped by SIGTERM: {what}", file=sys.stderr, flush=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -155,6 +205,9 @@ class GLNetCLI(LightningCLI):
             kwargs["callbacks"] = list(_as_list(trainer_config.get("callbacks"))) + [
                 LearningRateMonitor(logging_interval="step")
             ]
+        if self.subcommand == "fit":  # a SIGTERM (pre-emption) saves last.ckpt before the run ends
+            callbacks = kwargs.get("callbacks", _as_list(trainer_config.get("callbacks")))
+            kwargs["callbacks"] = list(callbacks) + [PreemptionCheckpoint()]
         plugins = list(_as_list(trainer_config.get("plugins")))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = plugins + [AtomicCheckpointIO()]
@@ -169,6 +222,21 @@ def _as_list(value: Any) -> list:
     if value is None or value is False or value is True:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_image_size(data_config: Any, backbone: Any) -> None:
+    """The data's ``image_size`` must be a multiple of the model's total stride (32 for GLNet), else
+    the stages floor odd sizes away and the run trains on a different geometry than the paper's."""
+    init_args = (data_config or {}).get("init_args") if hasattr(data_config, "get") else None
+    size = init_args.get("image_size") if init_args is not None else None
+    strides = [f.get("reduction") for f in getattr(backbone, "feature_info", None) or [] if isinstance(f, dict)]
+    stride = max((s for s in strides if s), default=None)
+    if not isinstance(size, int) or not stride or size % stride == 0:
+        return
+    lower, upper = (size // stride) * stride, (size // stride + 1) * stride
+    suggestion = f"{lower} or {upper}" if lower else str(upper)
+    raise ConfigError(f"data.image_size={size} is not divisible by the model's total stride {stride} "
+                      f"(stem and downsampling layers); use e.g. {suggestion}")
 
 
 def _num_classes_of(data: LightningDataModule) -> int:

@@ -2,6 +2,9 @@
 from .checkpoint_io import AtomicCheckpointIO
 from .ema import EmaWeights
 from .module import GLNetModule
+from .nonfinite import NonFiniteLossGuard, TrainingDiverged
+from .preemption import PreemptionCheckpoint
+from .run_checkpoint import RunCheckpoint
 from .optim import build_param_groups
 from .prediction_writer import PredictionWriter
 from .schedule import WarmupCosine, scale_lr
@@ -12,6 +15,10 @@ __all__ = [
     "SlotMapCallback",
     "PredictionWriter",
     "AtomicCheckpointIO",
+    "NonFiniteLossGuard",
+    "TrainingDiverged",
+    "PreemptionCheckpoint",
+    "RunCheckpoint",
     "EmaWeights",
     "WarmupCosine",
     "scale_lr",

@@ -40,18 +40,18 @@ def create_backbone(model_name: str, model_kwargs: dict[str, Any] | None, num_cl
 
 
 def check_backbone_config(model_name: str, model_kwargs: dict[str, Any] | None, num_classes: int,
-                          drop_path_rate: float) -> None:
-    """Validate a config by building it without allocating weights where possible (meta device).
+                          drop_path_rate: float) -> nn.Module:
+    """Validate a config by building it without allocating weights where possible (meta device);
+    returns the model so callers can check more (e.g. its total stride against the image size).
 
     Some constructors read tensor values while building and cannot run on the meta device; they
     are built for real on the CPU instead (a few seconds for the largest models).
     """
     try:
         with torch.device("meta"):
-            create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
-        return
+            return create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
     except ValueError:
         raise
     except (NotImplementedError, RuntimeError):
         pass  # the constructor needs real tensors: fall through
-    create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
+    return create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)

@@ -127,6 +127,11 @@ class GLNet(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
+        for name, value in (("depths", depths), ("dims", dims)):  # a string would pass len() below
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{name}={value!r} is invalid: give a list of integers, one per stage")
+        if isinstance(stage_mixers, str):
+            raise ValueError(f"stage_mixers={stage_mixers!r} is invalid: give a list with one block type per stage")
         n = len(depths)
         if not (len(dims) == len(stage_mixers) == n) or n < 1:
             raise ValueError(f"depths ({len(depths)}), dims ({len(dims)}) and stage_mixers ({len(stage_mixers)}) need one entry per stage")

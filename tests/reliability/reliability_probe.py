@@ -1,0 +1,96 @@
+"""Callbacks the reliability tests inject into real runs (``--trainer.callbacks+=reliability_probe.X``).
+
+Not a test module. Each one provokes or records something at a chosen step; the failure itself
+(NaN loss, full disk, killed writer) then happens for real in the code under test.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from lightning.pytorch import Callback
+
+
+class PoisonBatch(Callback):
+    """Fill the images of the batch that starts at ``at_step`` with NaN: the forward pass, the loss
+    and everything after it see a real NaN."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            batch[0].fill_(float("nan"))
+
+
+class DumpRestoredState(Callback):
+    """At the start of training, save what was restored (step, optimizer, EMA, weights) to ``restored.pt``."""
+
+    def on_train_start(self, trainer, pl_module):
+        ema = pl_module.ema.state_dict() if pl_module.ema is not None else None
+        torch.save({"global_step": trainer.global_step, "optimizer": trainer.optimizers[0].state_dict(),
+                    "ema": ema, "state_dict": pl_module.state_dict(),
+                    "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict()},
+                   os.path.join(trainer.default_root_dir, "restored.pt"))
+
+
+class StallCheckpointWrite(Callback):
+    """While ``last.ckpt`` of step ``at_step`` is being written, stop after the first bytes reached its
+    temp file and touch ``writing.marker``, so the test can SIGKILL the run mid-write."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        if trainer.global_step != self.at_step:
+            return
+        from glnet_lightning.lit import checkpoint_io
+
+        original = checkpoint_io._RecordingWriter.write
+        marker = os.path.join(trainer.default_root_dir, "writing.marker")
+
+        def write(writer, data):
+            written = original(writer, data)
+            if ".last.ckpt." not in os.readlink(f"/proc/self/fd/{writer.handle.fileno()}"):
+                return written
+            writer.handle.flush()
+            open(marker, "w").close()
+            time.sleep(120)  # the test kills the process here
+            return written
+
+        checkpoint_io._RecordingWriter.write = write
+
+
+class FillDisk(Callback):
+    """At the start of epoch ``at_epoch``, fill the file system of the checkpoint directory.
+
+    With ``RELIABILITY_TMPFS`` set the run's checkpoint directory is a small tmpfs (the test mounts
+    it in a user namespace): a filler file takes all but a few KiB, so the next checkpoint write
+    fails with a real ENOSPC. Without it (no user namespaces), checkpoint temp files are opened on
+    ``/dev/full``, whose writes fail with ENOSPC from the kernel as well.
+    """
+
+    def __init__(self, at_epoch: int = 1) -> None:
+        self.at_epoch = at_epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch != self.at_epoch:
+            return
+        directory = trainer.checkpoint_callback.dirpath
+        if os.environ.get("RELIABILITY_TMPFS"):
+            free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+            with open(os.path.join(directory, "filler.bin"), "wb") as handle:
+                handle.write(b"\0" * max(0, free - 8192))
+            return
+        import tempfile
+
+        from glnet_lightning.lit import checkpoint_io
+
+        def mkstemp(prefix="", suffix="", dir=None):
+            path = os.path.join(dir, f"{prefix}devfull{suffix}")
+            os.symlink("/dev/full", path)
+            return os.open(path, os.O_WRONLY), path
+
+        checkpoint_io.tempfile = type("DevFullTempfile", (), {"mkstemp": staticmethod(mkstemp)})
+        assert tempfile.mkstemp is not mkstemp  # only the checkpoint writer is redirected

@@ -1,0 +1,44 @@
+"""Checkpoints: resuming a run with a config whose architecture differs from its checkpoint is refused
+with one line naming the mismatching keys (with shapes) and the settings the checkpoint was trained
+with. (With an explicit ``--ckpt_path FILE`` LightningCLI rebuilds the model from the checkpoint's
+own hyper-parameters, so there is no mismatch to report; ``last``/``best``/``hpc`` are resolved later
+and are checked here.)
+
+Loading a *published* reference checkpoint with the wrong model name (the error says which name
+fits) is tested in tests/models/test_named_models.py::test_wrong_model_name_for_a_published_checkpoint_says_which_fits.
+"""
+from __future__ import annotations
+
+import pytest
+
+from glnet_lightning.cli.main import main
+from glnet_lightning.lit import GLNetModule
+from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
+
+pytestmark = pytest.mark.slow
+
+
+def test_resuming_another_architecture_names_the_keys(fashion_mnist, tiny_args, one_error_line, capsys, tmp_path):
+    run = tmp_path / "run"
+    assert main(["fit", *tiny_args(run, train_batches=1, val_batches=1)]) == 0
+    last = run / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+
+    # same run directory, another local branch, wider last stage: --ckpt_path last cannot fit
+    rc = main(["fit", *tiny_args(run, epochs=2), "--model.model_kwargs.local=window_mhsa",
+               "--model.model_kwargs.dims=[16, 32, 48, 96]", "--ckpt_path", "last"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert f"checkpoint {last} does not fit the configured model" in line
+    assert "missing key(s): model.stages.0.blocks.0.mixer.local" in line and "unexpected key(s)" in line
+    assert "model.head.weight [10, 64] in the checkpoint vs [10, 96]" in line
+    assert ("It was trained with model.model_name=glnet_stl, model.model_kwargs={'depths': [1, 1, 1, 1], "
+            "'dims': [16, 32, 48, 64]") in line
+
+    # the same check, for a checkpoint file and a model built in Python
+    same = GLNetModule.load_from_checkpoint(last)
+    assert checkpoint_mismatch(last, same) is None
+    other = GLNetModule("glnet_stl", {**same.hparams.model_kwargs, "num_slots": 9, "slot_init": "param"},
+                        num_classes=10)
+    assert "missing key(s): model.stages.0.blocks.0.mixer.global_branch.slot_init.slots" in \
+        checkpoint_mismatch(last, other)

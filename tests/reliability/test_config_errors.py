@@ -1,0 +1,45 @@
+"""Config: every bad setting fails before any data is read, with one ``glnet: error:`` line that says
+what to fix, and exit code 2. (tests/cli/test_cli_errors.py covers the cases it already had: unknown
+model, non-square slots, even kernel, width vs head_dim, typed Trainer/module options.)"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from glnet_lightning.cli.main import main
+
+FMNIST = str(Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist.yaml")
+
+# The data root points nowhere and downloads are off: reaching the data would be a different error.
+NO_DATA = ["--data.init_args.root=/nonexistent/fmnist", "--data.init_args.download=false"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    # names: the valid choices are listed
+    ("--model.model_name=glnet_nope", ["glnet_stl", "glnet_stl_paramslot", "glnet_4g", "glnet_9g", "glnet_16g"]),
+    ("--model.model_kwargs.local=conv_magic", ["choose one of ['dwconv', 'window_mhsa', 'none']"]),
+    ("--model.model_kwargs.clustering=fuzzy", ["unknown clustering strategy 'fuzzy'", "'soft'", "'kmeans'"]),
+    ("--model.model_kwargs.slot_init=banana", ["unknown slot_init strategy 'banana'", "'param'", "'pool'"]),
+    # geometry
+    ("--model.model_kwargs.num_slots=8", ["num_slots=8", "not a perfect square"]),
+    ("--model.model_kwargs.kernel_size=6", ["kernel_size=6 is invalid", "odd"]),
+    ("--model.model_kwargs.dims=[48, 64, 96, 128]", ["width 48 is not a multiple of head_dim=32"]),
+    ("--data.init_args.image_size=100", ["data.image_size=100 is not divisible by the model's total stride 32",
+                                         "96 or 128"]),
+    # wrong types, in the model's free-form kwargs as well as in typed options
+    ("--model.model_kwargs.depths=two", ["depths='two' is invalid: give a list of integers"]),
+    ("--model.model_kwargs.dims=[32, 64.5, 96, 128]", ["dims=[32, 64.5, 96, 128] is invalid"]),
+    ("--model.model_kwargs.num_slots=many", ["num_slots='many' is invalid"]),
+    ("--model.warmup_epochs=soon", ['"model.warmup_epochs"', "soon"]),
+    ("--data.init_args.image_size=big", ["image_size", "big"]),
+    ("--model.nonfinite_loss=ignore", ["nonfinite_loss must be one of ('stop', 'skip')"]),
+])
+def test_bad_setting_is_one_line_before_any_data(override, expected, one_error_line, capsys, tmp_path):
+    rc = main(["fit", "--config", FMNIST,
+               "--trainer.default_root_dir", str(tmp_path), *NO_DATA, override])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert all(text in line for text in expected), line
+    assert "/nonexistent/fmnist" not in line  # refused before the data module looked for its files
+    assert not (tmp_path / "checkpoints").exists()
