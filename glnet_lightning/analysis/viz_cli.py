@@ -99,6 +99,9 @@ def main(argv: list[str]) -> int:
     except (CheckpointError, ImageError, BlockError) as exc:
         print(f"glnet viz: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # matplotlib / scikit-image are the analysis extra, not core dependencies
+        print(f"glnet viz: error: {exc.name} is not installed: pip install 'glnet-lightning[analysis]'", file=sys.stderr)
+        return 2
     for path in written:
         print(path)
     return 0

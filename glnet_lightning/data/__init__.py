@@ -1,4 +1,7 @@
-"""Data modules: Fashion-MNIST (offline, in memory, for CPU experiments) and ImageNet-style folders."""
+"""Data modules: Fashion-MNIST (offline, in memory, for CPU experiments) and ImageNet-style folders.
+
+ImageNet-style data can also stream from litdata shards (``streaming.py``, written by
+``glnet data prepare``); that module is not imported here because litdata is optional."""
 from .fashion_mnist import FashionMNISTDataModule, find_system_fashion_mnist
 from .image_dataset import UnreadableImageError
 from .image_folder import DatasetLayoutError, validate_layout

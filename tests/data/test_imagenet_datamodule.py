@@ -1,4 +1,6 @@
-"""ImageNetDataModule on a tiny generated folder tree of real JPEG files (some of them broken)."""
+"""ImageNetDataModule on a tiny generated folder tree of real JPEG files (some of them broken).
+
+The tree and its helpers are fixtures in conftest.py (shared with test_streaming.py)."""
 from __future__ import annotations
 
 import logging
@@ -15,39 +17,6 @@ from glnet_lightning.data import DatasetLayoutError, ImageNetDataModule, Unreada
 from glnet_lightning.data.image_dataset import load_rgb
 from glnet_lightning.data.samplers import RepeatAugDistributedSampler
 
-CLASSES = ["cat", "dog", "fox"]
-BAD_FILES = ["train/cat/cat_bad.JPEG", "train/dog/dog_truncated.JPEG"]
-
-
-def _save_jpeg(path: Path, mode: str = "RGB", size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB")
-    rgb.convert(mode).save(path, format="JPEG", quality=95)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    """train: 4 cat (1 garbage), 4 dog (1 truncated), 3 fox (1 grayscale, 1 CMYK); val: 2 per class."""
-    root = tmp_path_factory.mktemp("imagenet")
-    seed = 0
-    for name in CLASSES:
-        for i in range(3 if name != "fox" else 1):
-            seed += 1
-            _save_jpeg(root / "train" / name / f"{name}_{i}.JPEG", seed=seed)
-        for i in range(2):
-            seed += 1
-            _save_jpeg(root / "val" / name / f"{name}_val_{i}.JPEG", mode="L" if i else "RGB", seed=seed)
-    _save_jpeg(root / "train" / "fox" / "fox_gray.JPEG", mode="L", seed=100)
-    _save_jpeg(root / "train" / "fox" / "fox_cmyk.JPEG", mode="CMYK", seed=101)
-    (root / BAD_FILES[0]).write_bytes(np.random.default_rng(5).integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    whole = _save_jpeg(root / BAD_FILES[1], seed=102).read_bytes()
-    (root / BAD_FILES[1]).write_bytes(whole[: len(whole) // 2])
-    (root / "train" / "cat" / "notes.txt").write_text("not an image, must be ignored")
-    return root
-
-
 def _module(root: Path, **kwargs) -> ImageNetDataModule:
     kwargs = {"image_size": 32, "batch_size": 4, "num_workers": 0, **kwargs}
     return ImageNetDataModule(str(root), **kwargs)
@@ -59,9 +28,9 @@ def _index_of(dataset, relative: str) -> int:
 
 
 # -- layout and decoding ---------------------------------------------------------------------------
-def test_layout_lists_classes_and_images(tree):
+def test_layout_lists_classes_and_images(tree, tree_classes):
     layout = validate_layout(tree)
-    assert layout.classes == CLASSES
+    assert layout.classes == tree_classes
     assert len(layout.train) == 11 and len(layout.val) == 6
     assert layout.train.targets.tolist() == [0] * 4 + [1] * 4 + [2] * 3
     assert not any(p.endswith(b".txt") for p in layout.train.paths)
@@ -75,17 +44,17 @@ def test_grayscale_and_cmyk_are_converted_to_rgb(tree, name):
     assert image.mode == "RGB" and image.size == (48, 40)
 
 
-@pytest.mark.parametrize("relative", BAD_FILES)
-def test_load_rgb_names_the_bad_file(tree, relative):
-    with pytest.raises(UnreadableImageError, match=Path(relative).name):
-        load_rgb(str(tree / relative))
+def test_load_rgb_names_the_bad_file(tree, bad_files):
+    for relative in bad_files:
+        with pytest.raises(UnreadableImageError, match=Path(relative).name):
+            load_rgb(str(tree / relative))
 
 
 # -- data module -----------------------------------------------------------------------------------
-def test_train_and_val_batches_have_the_right_shape(tree):
+def test_train_and_val_batches_have_the_right_shape(tree, tree_classes):
     dm = _module(tree)
     dm.setup("fit")
-    assert dm.num_classes == 3 and dm.class_names == CLASSES
+    assert dm.num_classes == 3 and dm.class_names == tree_classes
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < 3
@@ -101,7 +70,7 @@ def test_val_set_serves_test_and_predict(tree):
     assert dm.test_dataloader().dataset is dm.val_set is dm.predict_dataloader().dataset
 
 
-def test_skip_replaces_and_counts_bad_images(tree, caplog):
+def test_skip_replaces_and_counts_bad_images(tree, bad_files, caplog):
     dm = _module(tree, on_bad_image="skip")
     dm.setup("fit")
     dataset = dm.train_set
@@ -111,7 +80,7 @@ def test_skip_replaces_and_counts_bad_images(tree, caplog):
     assert all(x.shape == (3, 32, 32) for x, _ in items + again)
     assert dataset.num_bad_images == 2
     assert [Path(p).name for p in dataset.bad_images] == ["cat_bad.JPEG", "dog_truncated.JPEG"]
-    bad_index = _index_of(dataset, BAD_FILES[0])
+    bad_index = _index_of(dataset, bad_files[0])
     assert items[bad_index][1] == int(dataset.samples.targets[bad_index + 1])  # replaced by the next file
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
@@ -128,10 +97,10 @@ def test_skip_count_is_shared_with_worker_processes(tree):
     assert dm.train_set.num_bad_images == 2
 
 
-def test_raise_names_the_file(tree):
+def test_raise_names_the_file(tree, bad_files):
     dm = _module(tree, on_bad_image="raise", batch_size=11)  # one batch holds every file
     dm.setup("fit")
-    for relative in BAD_FILES:
+    for relative in bad_files:
         with pytest.raises(UnreadableImageError, match=Path(relative).name):
             dm.train_set[_index_of(dm.train_set, relative)]
     with pytest.raises(UnreadableImageError, match=r"cannot read image file .*(cat_bad|dog_truncated)\.JPEG"):
@@ -200,12 +169,18 @@ def test_ddp_uses_repeated_augmentation_sampler(tree):
 
 
 # -- layout errors ---------------------------------------------------------------------------------
-def _tiny_tree(root: Path, train: list[str], val: list[str]) -> Path:
-    for split, classes in (("train", train), ("val", val)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        for name in classes:
-            _save_jpeg(root / split / name / "a.jpg", size=(8, 8))
-    return root
+@pytest.fixture
+def tiny_tree(save_jpeg):
+    """``tiny_tree(root, train_classes, val_classes)``: one 8x8 JPEG per class folder."""
+
+    def make(root: Path, train: list[str], val: list[str]) -> Path:
+        for split, classes in (("train", train), ("val", val)):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            for name in classes:
+                save_jpeg(root / split / name / "a.jpg", size=(8, 8))
+        return root
+
+    return make
 
 
 def test_missing_root(tmp_path):
@@ -214,8 +189,8 @@ def test_missing_root(tmp_path):
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_missing_split_folder(tmp_path, split):
-    root = _tiny_tree(tmp_path, ["a"], ["a"])
+def test_missing_split_folder(tmp_path, split, tiny_tree):
+    root = tiny_tree(tmp_path, ["a"], ["a"])
     for f in (root / split / "a").iterdir():
         f.unlink()
     (root / split / "a").rmdir()
@@ -224,28 +199,28 @@ def test_missing_split_folder(tmp_path, split):
         validate_layout(root)
 
 
-def test_no_class_folders(tmp_path):
-    root = _tiny_tree(tmp_path, [], ["a"])
-    _save_jpeg(root / "train" / "loose.jpg", size=(8, 8))
+def test_no_class_folders(tmp_path, tiny_tree, save_jpeg):
+    root = tiny_tree(tmp_path, [], ["a"])
+    save_jpeg(root / "train" / "loose.jpg", size=(8, 8))
     with pytest.raises(DatasetLayoutError, match=r"no class folders in .*train"):
         validate_layout(root)
 
 
-def test_class_folder_without_images(tmp_path):
-    root = _tiny_tree(tmp_path, ["a", "b"], ["a", "b"])
+def test_class_folder_without_images(tmp_path, tiny_tree):
+    root = tiny_tree(tmp_path, ["a", "b"], ["a", "b"])
     (root / "val" / "b" / "a.jpg").unlink()
     (root / "val" / "b" / "readme.txt").write_text("no images here")
     with pytest.raises(DatasetLayoutError, match=r"1 class folder\(s\) in .*val contain no images.*val/b"):
         validate_layout(root)
 
 
-def test_class_missing_in_val(tmp_path):
-    root = _tiny_tree(tmp_path, ["a", "b", "c"], ["a"])
+def test_class_missing_in_val(tmp_path, tiny_tree):
+    root = tiny_tree(tmp_path, ["a", "b", "c"], ["a"])
     with pytest.raises(DatasetLayoutError, match=r"2 class\(es\) present in .*train but missing in .*val: b, c"):
         _module(root).setup("fit")
 
 
-def test_class_missing_in_train(tmp_path):
-    root = _tiny_tree(tmp_path, ["a"], ["a", "z"])
+def test_class_missing_in_train(tmp_path, tiny_tree):
+    root = tiny_tree(tmp_path, ["a"], ["a", "z"])
     with pytest.raises(DatasetLayoutError, match=r"present in .*val but missing in .*train: z"):
         validate_layout(root)
