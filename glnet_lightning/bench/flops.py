@@ -5,6 +5,8 @@ cover convolutions, linears and attention matmuls but not element-wise ops --
 the fvcore-style convention the paper's GFLOPs use. PyTorch's counter has no
 formula for the CPU flash-attention kernel that ``scaled_dot_product_attention``
 dispatches to, so we supply one: without it attention would count as zero on CPU.
+Its convolution-backward formula ignores ``groups`` (a depthwise conv's gradients
+counted as if the conv were dense), so we supply a grouped one too.
 """
 from __future__ import annotations
 
@@ -36,9 +38,23 @@ def _cpu_flash_backward_flops(grad_out_shape, query_shape, key_shape, value_shap
     return 5 * _attention_macs(query_shape, key_shape, value_shape)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Each requested gradient (input, weight) costs the forward conv's MACs, with ``groups`` respected:
+    the weight shape already holds ``in_channels / groups`` per output channel."""
+    per_output = 1
+    for size in w_shape[1:]:
+        per_output *= size
+    outputs = 1
+    for size in (x_shape if transposed else grad_out_shape):  # the elements the forward conv produced
+        outputs *= size
+    return 2 * outputs * per_output * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 _EXTRA_FORMULAS = {
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_forward_flops,
     aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
+    aten.convolution_backward: _conv_backward_flops,
 }
 
 

@@ -36,6 +36,19 @@ def test_backward_adds_the_gradient_matmuls():
     assert all(p.grad is None for p in linear.parameters())
 
 
+def test_backward_of_grouped_convs_respects_groups():
+    """torch's own conv-backward formula counts a depthwise conv as dense; ours must not."""
+    dense = nn.Conv2d(4, 8, 3, padding=1)
+    depthwise = nn.Conv2d(8, 8, 5, padding=2, groups=8)
+    model = nn.Sequential(dense, depthwise)
+    dense_macs = 16 * 16 * 8 * 4 * 9
+    depthwise_macs = 16 * 16 * 8 * 1 * 25
+    assert count_macs(model, (4, 16, 16)) == dense_macs + depthwise_macs
+    # backward: weight gradients of both convs, the input gradient of the depthwise one only
+    # (the model input needs none), each costing its forward MACs
+    assert count_macs(model, (4, 16, 16), backward=True) == 2 * dense_macs + 3 * depthwise_macs
+
+
 def test_count_macs_restores_training_mode():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
     count_macs(model, (4,))
