@@ -7,19 +7,18 @@ all stages.
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from glnet_lightning.lit.slot_maps import global_branches
+from glnet_lightning.lit.slot_maps import global_branches, record_assignments
 
 from .kmedoids import KMedoids, kmedoids, pairwise_distances
 
-__all__ = ["BlockChoice", "BlockError", "check_block_numbers", "select_blocks", "recording", "slot_assignments",
+__all__ = ["BlockChoice", "BlockError", "check_block_numbers", "select_blocks", "slot_assignments",
            "representative_slots", "DEFAULT_BLOCKS"]
 
 #: The blocks of the paper's figures: lower (colour), middle (objects), upper (discriminative parts).
@@ -77,34 +76,12 @@ def select_blocks(requested: Sequence[int], count: int) -> list[BlockChoice]:
     return list(chosen.values())
 
 
-@contextlib.contextmanager
-def recording(branches: Sequence[nn.Module]) -> Iterator[None]:
-    """Switch ``record_assignment`` on for ``branches`` and restore them (and free the maps) afterwards."""
-    for branch in branches:
-        branch.record_assignment = True
-    try:
-        yield
-    finally:
-        for branch in branches:
-            branch.record_assignment = False
-            branch.assignment = None
-
-
-@torch.no_grad()
 def slot_assignments(model: nn.Module, images: torch.Tensor, blocks: Sequence[int]) -> list[torch.Tensor]:
     """Per-pixel soft assignment over slots, float32 (B, M, h, w) summing to 1 over M, for each
     1-based GLMix block in ``blocks`` (validate them with :func:`select_blocks` first)."""
     branches = global_branches(model)
     chosen = [branches[b - 1] for b in blocks]
-    was_training = model.training
-    model.eval()
-    try:
-        with recording(chosen):
-            model(images)
-            maps = [branch.assignment.float().cpu() for branch in chosen]
-    finally:
-        model.train(was_training)
-    return maps
+    return [a.float().cpu() for a in record_assignments(model, images, chosen)]
 
 
 def representative_slots(assignment: torch.Tensor, k: int = 4) -> KMedoids:

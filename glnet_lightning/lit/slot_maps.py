@@ -17,7 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchvision.utils import draw_segmentation_masks, make_grid
 
-__all__ = ["SlotMapCallback", "slot_palette", "render_assignment", "global_branches"]
+__all__ = ["SlotMapCallback", "slot_palette", "render_assignment", "global_branches", "record_assignments"]
 
 
 def slot_palette(num_slots: int) -> list[tuple[int, int, int]]:
@@ -59,6 +59,25 @@ def global_branches(model: torch.nn.Module) -> list:
     blocks = model.glmix_blocks() if hasattr(model, "glmix_blocks") else []
     branches = [getattr(getattr(b, "mixer", None), "global_branch", None) for b in blocks]
     return [g for g in branches if g is not None and hasattr(g, "record_assignment")]
+
+
+@torch.no_grad()
+def record_assignments(model: torch.nn.Module, images: torch.Tensor, branches: Sequence) -> list[torch.Tensor]:
+    """One eval-mode forward of ``images`` with ``record_assignment`` on for ``branches``; their
+    soft-clustering maps (B, M, h, w). Recording, the kept maps and train/eval mode are restored, so
+    the model is left as it was (the callback and the notebooks' analysis both read maps this way)."""
+    was_training = model.training
+    model.eval()
+    for branch in branches:
+        branch.record_assignment = True
+    try:
+        model(images)
+        return [branch.assignment for branch in branches]
+    finally:
+        for branch in branches:
+            branch.record_assignment = False
+            branch.assignment = None
+        model.train(was_training)
 
 
 def _pick(count: int, wanted: Sequence[int] | None, max_blocks: int) -> list[int]:
@@ -125,18 +144,7 @@ class SlotMapCallback(Callback):
         chosen = [branches[i] for i in _pick(len(branches), self.blocks, self.max_blocks)]
         if not chosen:
             return None
-        was_training = model.training
-        model.eval()
-        for branch in chosen:
-            branch.record_assignment = True
-        try:
-            model(images)
-            maps = [branch.assignment for branch in chosen]
-        finally:
-            for branch in chosen:
-                branch.record_assignment = False
-                branch.assignment = None
-            model.train(was_training)
+        maps = record_assignments(model, images, chosen)
         base = to_uint8_images(images).cpu()
         if base.shape[-1] < self.tile_size:  # small inputs (e.g. 32x32) are unreadable at 1:1
             scale = max(1, self.tile_size // base.shape[-1])
