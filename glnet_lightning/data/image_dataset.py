@@ -12,17 +12,18 @@ worker is not re-read (or re-reported) by the others.
 """
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .image_folder import SampleList
 
-__all__ = ["ImageFolderDataset", "UnreadableImageError", "load_rgb", "BAD_IMAGE_POLICIES"]
+__all__ = ["ImageFolderDataset", "UnreadableImageError", "decode_rgb", "load_rgb", "BAD_IMAGE_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +34,30 @@ class UnreadableImageError(OSError):
     """An image file could not be opened or fully decoded; the message names the file."""
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open and fully decode ``path`` as RGB (grayscale, palette, CMYK, RGBA are converted).
+def decode_rgb(data: bytes, name: str) -> Image.Image:
+    """Fully decode encoded image bytes as RGB (grayscale, palette, CMYK, RGBA are converted).
 
-    ``load()`` forces the decode here, so a truncated file fails now rather than
-    inside a transform. Any decoder error becomes :class:`UnreadableImageError`.
+    ``load()`` forces the decode here, so a truncated file fails now rather than inside a
+    transform. Any decoder error becomes :class:`UnreadableImageError` naming ``name``. Used for
+    files (:func:`load_rgb`) and for the bytes stored in litdata shards alike.
     """
     try:
-        with open(path, "rb") as handle:
-            image = Image.open(handle)
-            image.load()
+        image = Image.open(io.BytesIO(data))
+        image.load()
         return image if image.mode == "RGB" else image.convert("RGB")
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for bad files
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for bad data
+        detail = "not a known image format" if isinstance(exc, UnidentifiedImageError) else str(exc)  # not the BytesIO
+        raise UnreadableImageError(f"cannot read image file {name}: {type(exc).__name__}: {detail}") from exc
+
+
+def load_rgb(path: str) -> Image.Image:
+    """:func:`decode_rgb` of the file at ``path``; an unreadable file is an :class:`UnreadableImageError` too."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
         raise UnreadableImageError(f"cannot read image file {path}: {type(exc).__name__}: {exc}") from exc
+    return decode_rgb(data, path)
 
 
 class ImageFolderDataset(Dataset):

@@ -27,7 +27,6 @@ litdata is an optional dependency: importing this module without it raises an
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import multiprocessing
 import os
@@ -40,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .image_dataset import BAD_IMAGE_POLICIES, UnreadableImageError
+from .image_dataset import BAD_IMAGE_POLICIES, UnreadableImageError, decode_rgb
 from .image_folder import SampleList
 
 INSTALL_HINT = "pip install glnet-lightning[streaming]"
@@ -83,21 +82,6 @@ def join_location(base: str, *parts: str) -> str:
     if not is_url(base):
         base = os.path.abspath(os.path.expanduser(base))
     return "/".join([base.rstrip("/"), *parts])
-
-
-def decode_rgb(data: bytes, name: str) -> Image.Image:
-    """Fully decode encoded image bytes as RGB; any decoder error becomes :class:`UnreadableImageError`.
-
-    The in-memory twin of ``image_dataset.load_rgb`` (which needs a path): both
-    force the decode with ``load()`` and convert every mode to RGB the same way.
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image if image.mode == "RGB" else image.convert("RGB")
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... for bad data
-        detail = "not a known image format" if isinstance(exc, UnidentifiedImageError) else str(exc)  # not the BytesIO
-        raise UnreadableImageError(f"cannot read image file {name}: {type(exc).__name__}: {detail}") from exc
 
 
 # -- writing -----------------------------------------------------------------------------------------
