@@ -6,6 +6,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from .layers import LN_EPS, ConvMlp, ConvPosEnc, LayerNorm2d, MultiHeadSelfAttention, TokenMlp, layer_scale
+from .pixel_chunks import map_pixel_chunks, runs_in_chunks
 from .slot_attention import grid_of, pixels_of
 from .strategies import GLMixConfig
 
@@ -28,6 +29,13 @@ class _ConvMlpBlock(nn.Module):
         self.drop_path2 = _drop_path(drop_path)
 
     def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        # Without the hidden depthwise conv every op here is pixel-wise: on CPU inference it runs
+        # in cache-sized chunks (pixel_chunks.py says why); same math, same result.
+        if self.mlp.dwconv is None and runs_in_chunks(self, x):
+            return map_pixel_chunks(self._mlp_residual, x)
+        return self._mlp_residual(x)
+
+    def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import glnet_lightning  # noqa: F401
-from glnet_lightning.models import GLNet
+from glnet_lightning.models import MODEL_NAMES, GLNet
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), head_dim=16, num_slots=4, num_classes=7,
             stage_mixers=("glmix", "glmix", "glmix", "mha"))
@@ -77,11 +77,20 @@ def test_glmix_blocks_expose_assignments_in_order():
         (1, 4, 16, 16), (1, 4, 8, 8), (1, 4, 4, 4), (1, 4, 4, 4), (1, 4, 2, 2)]
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """Each compile test starts from an empty dynamo cache: a dozen models through the same
+    ``GLNet.forward`` would otherwise hit dynamo's recompile limit, a hard error under fullgraph."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("overrides", [
     {}, dict(local="window_mhsa"), dict(clustering="kmeans"), dict(slot_init="param"),
     dict(fusion="local_global"), dict(global_branch="none", num_slots=None),
 ], ids=["default", "window", "kmeans", "param", "seq", "local_only"])
-def test_compiles_with_fullgraph_no_graph_breaks(overrides):
+def test_compiles_with_fullgraph_no_graph_breaks(overrides, fresh_dynamo):
     model = GLNet(**{**TINY, **overrides}).eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
@@ -90,9 +99,19 @@ def test_compiles_with_fullgraph_no_graph_breaks(overrides):
 
 
 @pytest.mark.slow
-def test_inductor_compile_matches_eager():
+def test_inductor_compile_matches_eager(fresh_dynamo):
     model = timm.create_model("glnet_4g", depths=(1, 1, 2, 1), dims=(32, 64, 96, 128), num_slots=4, num_classes=5).eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_named_model_compiles_with_fullgraph(name, fresh_dynamo):
+    """Each named model's structure (stem, transitions, block types, layer scale, hidden dwconv) at toy width."""
+    model = timm.create_model(name, depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
