@@ -22,3 +22,14 @@ def test_bad_arguments_fail_with_a_message(argv, message, run_bench):
     code, _, err = run_bench([*argv, "--no-memory"])
     assert code != 0
     assert message in err
+
+
+def test_default_batch_size_follows_the_device(monkeypatch):
+    """CUDA gets the paper's batch 128, a CPU 16; an explicit --batch-size always wins."""
+    from glnet_lightning.bench import cli
+
+    parser = cli.build_parser()
+    for cuda, expected in ((False, 16), (True, 128)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert cli.config_from_args(parser.parse_args(["resnet10t"])).batch_size == expected
+        assert cli.config_from_args(parser.parse_args(["resnet10t", "--batch-size", "4"])).batch_size == 4
