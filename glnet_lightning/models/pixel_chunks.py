@@ -38,12 +38,12 @@ def map_pixel_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     ``fn`` receives each chunk as a (1, C, 1, n) channels_last map, so it can be the module's own
     NCHW forward; it must treat pixels independently (1x1 convs, norms over channels, pointwise
     ops). The result is a channels_last (B, C_out, H, W) tensor; a channels_last input is read
-    in place, any other layout is copied once.
+    in place, any other layout is copied once. A map of at most one chunk goes to ``fn`` whole.
     """
     pixels_per_chunk = pixels_per_chunk or PIXELS_PER_CHUNK
     batch, channels, height, width = x.shape
-    if x.numel() == 0:
-        return fn(x)
+    if x.numel() == 0 or batch * height * width <= pixels_per_chunk:
+        return fn(x)  # one chunk: nothing to gain from copying it into a new buffer
     pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)  # (B*H*W, C), a view when channels_last
     out = None
     for start in range(0, pixels.shape[0], pixels_per_chunk):

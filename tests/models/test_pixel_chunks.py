@@ -66,3 +66,12 @@ def test_empty_batch_passes_through():
     block = make_block()
     with torch.no_grad():
         assert block(torch.randn(0, 16, 4, 4)).shape == (0, 16, 4, 4)
+
+
+def test_a_map_that_fits_one_chunk_is_not_copied(monkeypatch):
+    monkeypatch.setattr(pixel_chunks, "PIXELS_PER_CHUNK", 64)
+    block = make_block()
+    x = torch.randn(2, 16, 4, 8)  # exactly 64 pixels
+    out, shapes = hidden_shapes(block, x, grad=False)
+    assert shapes == [(2, 64, 4, 8)]
+    torch.testing.assert_close(out, hidden_shapes(block, x, grad=True)[0].detach(), rtol=1e-5, atol=1e-6)
