@@ -3,7 +3,7 @@
 The conv MLP half of a block (norm -> 1x1 -> GELU -> 1x1 -> residual) treats every pixel on its
 own. Run on the whole map at once it materialises a (B, 4C, H, W) hidden tensor: 77 MB at batch
 16 and 56x56 for GLNet-STL's first stage. glibc hands allocations above 32 MB straight to
-``mmap``, so each forward page-faults that memory in again (about 110k minor faults per forward
+``mmap``, so each forward page-faults that memory in again (up to 122k minor faults per forward
 measured on the 2-core CPU of docs/benchmarks.md), and the GELU streams it through DRAM. In chunks
 of a few hundred pixels the hidden tensor stays in L2 and the allocations are recycled.
 
