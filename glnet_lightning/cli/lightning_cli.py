@@ -19,11 +19,19 @@ Why a subclass: it fixes the project's run layout and defaults in one place —
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from unittest import mock
+import warnings
+
+import yaml
 
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -42,7 +50,8 @@ from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
-__all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE"]
+__all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
+           "check_run_config"]
 
 #: Defaults of the ``--checkpoint.*`` group (a ModelCheckpoint every run has).
 CHECKPOINT_DEFAULTS: dict[str, Any] = {
@@ -216,6 +225,38 @@ class GLNetCLI(LightningCLI):
                 PredictionWriter()
             ]
         return super().instantiate_trainer(**kwargs)
+
+
+def build_cli(args: list[str]) -> GLNetCLI:
+    """``GLNetCLI(args, run=False)``: model, data module and trainer built, nothing run.
+
+    The sweep runners' own command-line options are hidden from it, as LightningCLI would
+    otherwise warn that they are ignored.
+    """
+    with mock.patch.object(sys, "argv", sys.argv[:1]):
+        return GLNetCLI(args=args, run=False)
+
+
+def check_run_config(config: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` (one line) unless ``glnet fit --config`` could start on ``config``.
+
+    Why: a sweep must not burn its trials on a mistake common to all of them (a bad ``--set``, a
+    missing data root, a GPU trainer on a CPU machine). This builds what the fit builds -- the
+    parsed config, the model, the data module with its class list (the folder layout is checked,
+    no image is decoded) and the trainer -- in a throwaway run directory.
+    """
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")  # "Seed set to N" belongs to the fit
+    level = seed_log.level
+    with tempfile.TemporaryDirectory(prefix="glnet-check-") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No seed found")
+        checked = {**dict(config), "trainer": {**dict(config.get("trainer") or {}), "default_root_dir": tmp}}
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(checked, sort_keys=False))
+        seed_log.setLevel(logging.WARNING)
+        try:
+            build_cli(["--config", str(path)])
+        finally:
+            seed_log.setLevel(level)
 
 
 def _as_list(value: Any) -> list:

@@ -1,10 +1,10 @@
 """Sweeps: sweep files (base config + per-variant overrides), the grid runner and the ablation table.
 
-``load_sweep`` is the entry point; the CLIs live in :mod:`glnet_lightning.sweeps.cli`.
+``load_sweep`` is the entry point; the CLIs live in :mod:`glnet_lightning.sweeps.cli`. Config
+editing (``--set``) is :mod:`glnet_lightning.cli.config_edit`, shared with every other command.
 """
 from .grid import GridRunner
-from .sweep_file import PaperFigures, Sweep, SweepError, Variant, apply_overrides, load_sweep, parse_assignment
+from .sweep_file import PaperFigures, Sweep, SweepError, Variant, load_sweep
 
-__all__ = ["GridRunner", "PaperFigures", "Sweep", "SweepError", "Variant", "apply_overrides", "load_sweep",
-           "parse_assignment"]
+__all__ = ["GridRunner", "PaperFigures", "Sweep", "SweepError", "Variant", "load_sweep"]
 from .optuna_sweep import OptunaSweep, OptunaSweepError, load_optuna_sweep  # noqa: E402,F401 (glnet sweep optuna)

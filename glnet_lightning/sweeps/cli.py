@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, parse_assignments
+
 from .grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
-from .sweep_file import SweepError, load_sweep, parse_assignment
+from .sweep_file import load_sweep
 
 __all__ = ["grid_main", "ablation_main", "main"]
 
@@ -30,7 +32,7 @@ def _sweep_options(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     sweep = load_sweep(args.sweep_file, base=args.base)
-    extra = dict(parse_assignment(text) for text in args.sets)
+    extra = parse_assignments(args.sets)
     runs = args.runs if args.runs is not None else Path("runs") / sweep.path.stem
     return sweep, sweep.select(args.only), extra, runs
 
@@ -45,15 +47,21 @@ def _guard(run, argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> 
     """Parse, run, and turn user-facing errors into one ``error:`` line and exit code 2."""
     try:
         return run(parser.parse_args(argv))
-    except SweepError as exc:
+    except ConfigEditError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 0
 
 
-def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DEFAULT_FIT_COMMAND) -> int:
-    """Run (or print, or emit for a cluster) every selected variant; 1 if any variant failed."""
+def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DEFAULT_FIT_COMMAND,
+              check_config: bool = True) -> int:
+    """Run (or print, or emit for a cluster) every selected variant; 1 if any variant failed.
+
+    Before the first variant, the base config with the ``--set`` edits is built once as ``fit``
+    would build it (``check_config``; tests with a fake fit turn it off): a mistake every variant
+    shares stops the sweep with exit code 2.
+    """
     parser = argparse.ArgumentParser(prog="glnet sweep grid", description=grid_main.__doc__)
     _sweep_options(parser)
     parser.add_argument("--dry-run", action="store_true", help="print each variant's command and config")
@@ -71,6 +79,15 @@ def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DE
             if args.dry_run:
                 runner.describe(variants)
                 return 0
+            if check_config:
+                from glnet_lightning.cli.lightning_cli import ConfigError, check_run_config
+
+                try:  # what every variant shares must work before the first one is started
+                    check_run_config(apply_edits(sweep.base_config(), extra))
+                except ConfigError as exc:
+                    print(f"{parser.prog}: error: the base config with the --set edits cannot run: {exc}",
+                          file=sys.stderr)
+                    return 2
             states = runner.run(variants)
             print("[sweep] " + ", ".join(f"{name}: {state}" for name, state in states.items()))
             if "interrupted" in states.values():

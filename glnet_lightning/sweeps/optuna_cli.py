@@ -61,49 +61,68 @@ def _quiet_optuna() -> None:
 
 
 def optuna_main(argv: list[str] | None = None) -> int:
-    """Run (or resume) a study; returns 0 when every requested trial was run (failed ones included)."""
+    """Run (or resume) a study: 0 when it ran (some trials may have failed), 1 when every trial of this
+    run failed, 2 when the sweep cannot start (bad file or option, a config no trial could run)."""
     args = _parse(build_optuna_parser(), argv)
     if isinstance(args, int):
         return args
-    from .optuna_config import ConfigEditError, load_yaml, parse_set
-    from .optuna_sweep import OptunaSweepError, load_optuna_sweep
+    from glnet_lightning.cli.config_edit import ConfigEditError, load_config, parse_assignments
+
+    from .optuna_sweep import load_optuna_sweep
 
     try:
         sweep = load_optuna_sweep(args.sweep_file, base=args.base, runs_dir=args.runs_dir,
                                   study_name=args.study_name, objectives=args.objectives)
         if not sweep.base.is_file():
-            raise OptunaSweepError(f"base config {sweep.base} does not exist (pass another with --base)")
-        sets = dict(parse_set(s) for s in args.sets)
-        base_config = load_yaml(sweep.base)
-    except (OptunaSweepError, ConfigEditError) as exc:
-        print(f"glnet sweep optuna: error: {exc}", file=sys.stderr)
-        return 2
+            raise ConfigEditError(f"base config {sweep.base} does not exist (pass another with --base)")
+        sets = parse_assignments(args.sets)
+        base_config = load_config(sweep.base)
+    except ConfigEditError as exc:
+        return _error(exc)
     import optuna
+
+    from glnet_lightning.cli.lightning_cli import ConfigError, check_run_config
 
     from .optuna_objective import TrialRunner
     from .optuna_report import render_report
     from .optuna_study import default_storage_url, open_study
 
+    runner = TrialRunner(sweep, base_config, sets)
+    try:  # a mistake every trial shares (bad --set, data root, trainer) stops here, not in n failed trials
+        check_run_config(runner.trial_config({}, sweep.study_dir / "config_check"))
+    except (ConfigEditError, ConfigError) as exc:
+        return _error(f"the base config with the budget and --set edits cannot run: {exc}")
     storage_url = args.storage or default_storage_url(sweep)
     try:
         study = open_study(sweep, storage_url)
-    except OptunaSweepError as exc:
-        print(f"glnet sweep optuna: error: {exc}", file=sys.stderr)
-        return 2
+    except ConfigEditError as exc:
+        return _error(exc)
     n_trials = args.n_trials if args.n_trials is not None else sweep.n_trials
     timeout = args.timeout if args.timeout is not None else sweep.timeout
     print(f"study {sweep.study_name} in {storage_url}: {len(study.trials)} trials so far; running "
           f"{n_trials if n_trials is not None else 'unlimited'} more", flush=True)
-    runner = TrialRunner(sweep, base_config, sets)
+    ours: list[int] = []  # the trials this worker ran
     try:
-        study.optimize(runner, n_trials=n_trials, timeout=timeout, catch=(Exception,), gc_after_trial=True)
+        study.optimize(runner, n_trials=n_trials, timeout=timeout, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[lambda _study, trial: ours.append(trial.number)])
     except KeyboardInterrupt:  # Optuna has already marked the running trial FAIL
         print(f"interrupted; run the same command again to resume study {sweep.study_name}", file=sys.stderr)
         return 130
     _quiet_optuna()
     print(render_report(study, top=3, limit=20))
     print(f"\nreport: glnet sweep report --storage {storage_url} --study-name {sweep.study_name}")
+    failed = [t for t in study.get_trials(deepcopy=False) if t.number in ours
+              and t.state == optuna.trial.TrialState.FAIL]
+    if ours and len(failed) == len(ours):
+        first = failed[0].user_attrs.get("error", "no error recorded")
+        return _error(f"all {len(ours)} trial(s) of this run failed; trial {failed[0].number}: {first}",
+                      prefix="glnet sweep optuna: ", code=1)
     return 0
+
+
+def _error(message: object, prefix: str = "glnet sweep optuna: error: ", code: int = 2) -> int:
+    print(f"{prefix}{message}", file=sys.stderr)
+    return code
 
 
 def report_main(argv: list[str] | None = None) -> int:
@@ -119,8 +138,7 @@ def report_main(argv: list[str] | None = None) -> int:
     try:
         study = load_study(args.storage, args.study_name)
     except OptunaSweepError as exc:
-        print(f"glnet sweep report: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc, prefix="glnet sweep report: error: ")
     print(render_report(study, top=args.top, limit=args.limit))
     if not args.no_html:
         db = sqlite_path(args.storage)

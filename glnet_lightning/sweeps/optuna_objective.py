@@ -13,16 +13,14 @@ from __future__ import annotations
 import gc
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import optuna
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from .optuna_config import apply_edits
+from glnet_lightning.cli.config_edit import apply_edits
 from .optuna_measure import image_size_of, measure_model
 from .optuna_sweep import OptunaSweep
 
@@ -94,11 +92,9 @@ class TrialRunner:
 
     # ------------------------------------------------------------------ the run
     def _fit(self, trial: optuna.Trial, config: dict, config_path: Path) -> float | list[float]:
-        from glnet_lightning.cli.lightning_cli import GLNetCLI
+        from glnet_lightning.cli.lightning_cli import build_cli
 
-        # LightningCLI warns when given args while sys.argv holds the sweep command's own options.
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            cli = GLNetCLI(args=["--config", str(config_path)], run=False)
+        cli = build_cli(["--config", str(config_path)])
         trainer, module = cli.trainer, cli.model
         datamodule = self._datamodule(config, cli.datamodule)
         image_size = image_size_of(config)

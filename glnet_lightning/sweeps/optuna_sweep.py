@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from glnet_lightning.cli.config_edit import ConfigEditError, find_relative
+
 from .optuna_space import SearchSpace, parse_space
 
 __all__ = ["Objective", "OptunaSweep", "OptunaSweepError", "load_optuna_sweep", "parse_objective",
@@ -38,7 +40,7 @@ _KEYS = {"base", "study_name", "runs_dir", "search_space", "sampler", "pruner", 
          "n_trials", "timeout", "measure", "heartbeat", "skip_duplicates", "description"}
 
 
-class OptunaSweepError(ValueError):
+class OptunaSweepError(ConfigEditError):
     """A sweep file (or CLI option) that cannot be used; the message names the culprit."""
 
 
@@ -98,17 +100,6 @@ def parse_objective(raw: Any) -> Objective:
     return Objective(name, direction)
 
 
-def _find_base(base: str, sweep_path: Path) -> Path:
-    """Relative bases are looked up beside the sweep file and in its parent folders (the repo)."""
-    candidate = Path(base).expanduser()
-    if candidate.is_absolute() or candidate.is_file():
-        return candidate
-    for folder in (sweep_path.parent, *sweep_path.parent.parents):
-        if (folder / candidate).is_file():
-            return folder / candidate
-    return candidate
-
-
 def _mapping(raw: dict, key: str, default: dict) -> dict:
     value = raw.get(key)
     if value is None:
@@ -136,7 +127,7 @@ def load_optuna_sweep(path: str | Path, *, base: str | Path | None = None, runs_
         raise OptunaSweepError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})")
     if base is None and not raw.get("base"):
         raise OptunaSweepError(f"{path}: 'base' (the LightningCLI config each trial trains) is missing")
-    base_path = Path(base) if base is not None else _find_base(str(raw["base"]), path)
+    base_path = Path(base) if base is not None else find_relative(str(raw["base"]), path)
     try:
         space = parse_space(raw.get("search_space"))
     except ValueError as exc:

@@ -21,47 +21,21 @@ a smaller model) < the variant's own overrides (they *are* the ablation).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "apply_overrides", "inline_config_files", "load_sweep",
-           "parse_assignment"]
+from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, find_relative, load_config
+
+__all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "load_sweep"]
 
 _PAPER_KEYS = ("gflops", "params_m", "throughput", "top1")
 
 
-class SweepError(ValueError):
-    """A sweep file or an override that cannot be used; the message names the culprit."""
-
-
-def inline_config_files(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Load a LightningCLI YAML config, replacing values that name a sub-config file by its contents.
-
-    Why: a config may compose others (``trainer: imagenet/trainer_8gpu.yaml``), which
-    LightningCLI resolves relative to the file that names them. A variant's resolved config is
-    written into its run directory, where such relative paths no longer resolve, and ``--set``
-    edits must reach keys inside the sub-config, so the sub-files are inlined first.
-    """
-    path = path.resolve()
-    if path in _seen:
-        raise SweepError(f"config files include each other in a cycle: {' -> '.join(map(str, (*_seen, path)))}")
-    with open(path) as handle:
-        config = yaml.safe_load(handle) or {}
-    if not isinstance(config, dict):
-        raise SweepError(f"{path}: a config file must be a mapping of keys, not {type(config).__name__}")
-
-    def inline(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: inline(value) for key, value in node.items()}
-        if isinstance(node, str) and node.endswith((".yaml", ".yml")) and (path.parent / node).is_file():
-            return inline_config_files(path.parent / node, (*_seen, path))
-        return node
-
-    return inline(config)
+class SweepError(ConfigEditError):
+    """A sweep file that cannot be used; the message names the culprit."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +60,7 @@ class Variant:
 
     def config(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The full LightningCLI config this variant trains with (``extra``: the ``--set`` edits)."""
-        config = apply_overrides(self.sweep.base_config(), extra or {})
-        return apply_overrides(config, self.overrides)
+        return apply_edits(self.sweep.base_config(), extra or {}, self.overrides)
 
     def build_model(self, num_classes: int = 1000, extra: Mapping[str, Any] | None = None):
         """The backbone ``fit`` would train for this variant (weights freshly initialised)."""
@@ -107,10 +80,10 @@ class Sweep:
     variants: list[Variant]
 
     def base_config(self) -> dict[str, Any]:
-        """The base config with its sub-config files inlined (see :func:`inline_config_files`)."""
+        """The base config with its sub-config files inlined (see :func:`~glnet_lightning.cli.config_edit.load_config`)."""
         if not self.base.is_file():
             raise SweepError(f"{self.path}: base config {self.base} does not exist (pass another with --base)")
-        return inline_config_files(self.base)
+        return load_config(self.base)
 
     def select(self, names: list[str] | None) -> list[Variant]:
         """The variants named (in file order), all of them when ``names`` is empty."""
@@ -120,61 +93,6 @@ class Sweep:
         if unknown:
             raise SweepError(f"unknown variant(s) {unknown}; {self.path} has {[v.name for v in self.variants]}")
         return [v for v in self.variants if v.name in names]
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` from the command line; the value is YAML (``[1,1,1,1]``, ``null``, ``4``, ``2e-3``)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise SweepError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{key}: value {value!r} is not valid YAML: {exc}") from exc
-    return key.strip(), _yaml11_number(parsed)
-
-
-def _yaml11_number(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads ``2e-3`` as a string; on the command line it means the number."""
-    if isinstance(value, str) and any(c.isdigit() for c in value):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
-
-
-def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``config`` with each dotted key set; missing or null parents become mappings.
-
-    A value replaces whatever was there (a mapping value is not merged), as on the LightningCLI
-    command line. Setting a key through a non-mapping value is an error rather than a silent loss.
-    """
-    result = copy.deepcopy(dict(config))
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = result
-        for depth, part in enumerate(parents):
-            if node.get(part) is None:
-                node[part] = {}
-            elif not isinstance(node[part], dict):
-                where = ".".join(parents[:depth + 1])
-                raise SweepError(f"cannot set {dotted}: {where} is {node[part]!r}, not a mapping")
-            node = node[part]
-        node[leaf] = copy.deepcopy(value)
-    return result
-
-
-def _find_base(base: str, sweep_path: Path) -> Path:
-    """The base path is written relative to the repository; try the sweep file's folder and its parents."""
-    candidate = Path(base)
-    if candidate.is_absolute():
-        return candidate
-    for folder in (sweep_path.parent, *sweep_path.parent.parents):
-        if (folder / candidate).is_file():
-            return folder / candidate
-    # Not there (yet): report it relative to the folder holding the sweeps directory, when used.
-    return sweep_path.parent.parent / candidate
 
 
 def _paper(raw: Any, where: str) -> PaperFigures:
@@ -218,7 +136,7 @@ def load_sweep(path: str | Path, base: str | Path | None = None) -> Sweep:
     variants = _raw_variants(raw, path)
     if base is None and not isinstance(raw.get("base"), str):
         raise SweepError(f"{path}: 'base' (the LightningCLI config the variants edit) is missing")
-    sweep = Sweep(path=path, base=Path(base) if base is not None else _find_base(raw["base"], path), variants=[])
+    sweep = Sweep(path=path, base=Path(base) if base is not None else find_relative(raw["base"], path), variants=[])
     sweep.variants.extend(_variant(v, i, sweep) for i, v in enumerate(variants))
     names = [v.name for v in sweep.variants]
     duplicates = sorted({n for n in names if names.count(n) > 1})

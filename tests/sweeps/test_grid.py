@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glnet_lightning.sweeps import SweepError, apply_overrides, load_sweep, parse_assignment
+from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, parse_assignment
+from glnet_lightning.sweeps import SweepError, load_sweep
 from glnet_lightning.sweeps.cli import grid_main
 from glnet_lightning.sweeps.grid import find_last_checkpoint, read_status
 
@@ -60,12 +61,12 @@ def test_build_model_is_the_model_fit_trains():
 
 def test_apply_overrides_sets_nested_keys_and_replaces_values():
     base = {"model": {"model_kwargs": None, "lr": 1.0}, "trainer": {"max_epochs": 5}}
-    result = apply_overrides(base, {"model.model_kwargs.local": {"name": "window_mhsa"}, "data.batch_size": 8})
+    result = apply_edits(base, {"model.model_kwargs.local": {"name": "window_mhsa"}, "data.batch_size": 8})
     assert result == {"model": {"model_kwargs": {"local": {"name": "window_mhsa"}}, "lr": 1.0},
                       "trainer": {"max_epochs": 5}, "data": {"batch_size": 8}}
     assert base["model"]["model_kwargs"] is None  # the input is not modified
-    with pytest.raises(SweepError, match="model.lr is 1.0"):
-        apply_overrides(base, {"model.lr.x": 2})
+    with pytest.raises(ConfigEditError, match="model.lr is 1.0"):
+        apply_edits(base, {"model.lr.x": 2})
 
 
 @pytest.mark.parametrize("text, expected", [("a.b=[1,1]", ("a.b", [1, 1])), ("a=null", ("a", None)),
@@ -126,7 +127,8 @@ def fake_sweep(tmp_path):
 
 def _grid(tmp_path, *args):
     fit = (sys.executable, str(tmp_path / "fake_fit.py"))
-    return grid_main([str(tmp_path / "sweep.yaml"), "--runs", str(tmp_path / "runs"), *args], fit_command=fit)
+    return grid_main([str(tmp_path / "sweep.yaml"), "--runs", str(tmp_path / "runs"), *args], fit_command=fit,
+                     check_config=False)
 
 
 def _calls(tmp_path):
@@ -219,7 +221,7 @@ def test_sub_config_files_are_inlined_so_the_written_config_resolves_anywhere(tm
     (tmp_path / "a.yaml").write_text("trainer: b.yaml\n")
     (tmp_path / "b.yaml").write_text("max_epochs: a.yaml\n")
     (tmp_path / "sweep.yaml").write_text("base: a.yaml\nvariants:\n  - name: v\n    overrides: {}\n")
-    with pytest.raises(SweepError, match="cycle"):
+    with pytest.raises(ConfigEditError, match="cycle"):
         load_sweep(tmp_path / "sweep.yaml").variants[0].config()
 
 
@@ -232,7 +234,7 @@ def test_sigterm_to_the_runner_reaches_the_running_fit_and_stops_the_sweep(fake_
     (fake_sweep / "base.yaml").write_text("fake: {mode: wait_for_sigterm}\ntrainer: {max_epochs: 1}\n")
     script = (f"import sys; from glnet_lightning.sweeps.cli import grid_main; sys.exit(grid_main("
               f"[{str(fake_sweep / 'sweep.yaml')!r}, '--runs', {str(runs)!r}, '--only', 'first', 'last'], "
-              f"fit_command=({sys.executable!r}, {str(fake_sweep / 'fake_fit.py')!r})))")
+              f"fit_command=({sys.executable!r}, {str(fake_sweep / 'fake_fit.py')!r}), check_config=False))")
     runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (runs / "first" / "ready").exists():
