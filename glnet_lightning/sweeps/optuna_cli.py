@@ -18,7 +18,8 @@ def build_optuna_parser(prog: str = "glnet sweep optuna") -> argparse.ArgumentPa
     parser = argparse.ArgumentParser(prog=prog, description="Optuna search over a base config (see the sweep file).")
     parser.add_argument("sweep_file", help="sweep YAML, e.g. sweeps/optuna_slots_kernel.yaml")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<runs_dir>/<study>/study.db); "
-                                          "e.g. postgresql://user:pass@host/db to share a study across machines")
+                                          "e.g. postgresql://user:pass@host/db to share a study across machines, or "
+                                          "journal:/shared/fs/NAME.journal on a shared file system")
     parser.add_argument("--study-name", help="study name (default: the sweep file's study_name)")
     parser.add_argument("--n-trials", type=int, help="trials this worker runs (default: the sweep file's n_trials)")
     parser.add_argument("--timeout", type=float, help="stop starting new trials after S seconds")
@@ -132,7 +133,7 @@ def report_main(argv: list[str] | None = None) -> int:
         return args
     _quiet_optuna()
     from .optuna_report import render_report, write_html
-    from .optuna_study import load_study, sqlite_path
+    from .optuna_study import load_study, storage_folder
     from .optuna_sweep import OptunaSweepError
 
     try:
@@ -141,8 +142,7 @@ def report_main(argv: list[str] | None = None) -> int:
         return _error(exc, prefix="glnet sweep report: error: ")
     print(render_report(study, top=args.top, limit=args.limit))
     if not args.no_html:
-        db = sqlite_path(args.storage)
-        folder = db.parent if db is not None else Path.cwd()
+        folder = storage_folder(args.storage) or Path.cwd()
         html = write_html(study, Path(args.html) if args.html else folder / f"{study.study_name}_report.html")
         print(f"\nplots: {html}" if html else "\nplots: none yet (no complete trial)")
     return 0

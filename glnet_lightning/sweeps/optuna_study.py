@@ -6,7 +6,12 @@ Why these choices:
   failing with "database is locked";
 - any other URL (``postgresql://``, ``mysql+pymysql://``) is passed to ``RDBStorage`` unchanged, so
   workers on many machines join one study by running the same command with the same URL;
-- heartbeats: each running trial stamps the storage every ``interval`` s; a trial whose worker died
+- ``journal:PATH`` is Optuna's ``JournalStorage`` on a file (``JournalFileBackend``, whose default
+  lock works on NFS): the choice for a cluster with a shared file system and no database server,
+  where SQLite must not be used (its locking is unreliable on network file systems);
+- heartbeats: each running trial stamps the storage every ``interval`` s (Optuna's own heartbeat
+  thread; for the journal, :class:`HeartbeatJournalStorage` keeps the stamp as a trial attribute,
+  so hosts sharing a journal need synchronised clocks, as NTP gives); a trial whose worker died
   (killed, machine lost) goes stale after ``grace_period`` s and the next trial start marks it FAIL,
   and ``RetryFailedTrialCallback`` enqueues its parameters again -- interrupted work is never lost;
 - creating the schema and the study is serialised with a lock file for SQLite, because two workers
@@ -23,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 # Optuna 4.9 renamed RetryFailedTrialCallback (and RDBStorage's failed_trial_callback); use what exists.
 _RetryCallback = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
@@ -34,8 +42,8 @@ _STALE_ARG = ("heartbeat_stale_trial_callback"
 
 from .optuna_sweep import OptunaSweep, OptunaSweepError
 
-__all__ = ["default_storage_url", "sqlite_path", "make_storage", "make_sampler", "make_pruner", "open_study",
-           "load_study"]
+__all__ = ["default_storage_url", "sqlite_path", "journal_path", "storage_folder", "make_storage", "make_sampler",
+           "make_pruner", "open_study", "load_study", "HeartbeatJournalStorage"]
 
 SQLITE_TIMEOUT_S = 120
 
@@ -50,6 +58,70 @@ def sqlite_path(url: str) -> Path | None:
         return None
     path = url[len("sqlite:///"):]
     return Path(path) if path and path != ":memory:" else None
+
+
+def journal_path(url: str) -> Path | None:
+    """The journal file of a ``journal:PATH`` storage (None for other storages)."""
+    return Path(url[len("journal:"):]).expanduser() if url.startswith("journal:") else None
+
+
+def storage_folder(url: str) -> Path | None:
+    """The folder holding a file storage (SQLite or journal), where reports are written beside it."""
+    path = sqlite_path(url) or journal_path(url)
+    return path.parent if path is not None else None
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """``JournalStorage`` with Optuna's heartbeat protocol, which only ``RDBStorage`` implements.
+
+    Why: on a cluster sharing a file system, a worker killed mid-trial (pre-emption, node loss)
+    must not leave its trial RUNNING for ever; with this, ``study.optimize`` stamps running trials
+    and fails (and, through the callback, retries) stale ones exactly as with a database.
+    """
+
+    HEARTBEAT_ATTR = "glnet:heartbeat"
+
+    def __init__(self, backend, heartbeat_interval: int, grace_period: int, stale_trial_callback) -> None:
+        super().__init__(backend)
+        self._heartbeat_interval = heartbeat_interval
+        self._grace_period = grace_period
+        self._stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, self.HEARTBEAT_ATTR, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        deadline = time.time() - self._grace_period
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = trial.system_attrs.get(self.HEARTBEAT_ATTR)
+            if beat is None and trial.datetime_start is not None:
+                beat = trial.datetime_start.timestamp()
+            if beat is not None and beat < deadline:
+                stale.append(trial._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self._heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self._stale_trial_callback
+
+    def get_failed_trial_callback(self):  # Optuna < 4.9 asks by this name
+        return self._stale_trial_callback
+
+
+def _journal_storage(url: str, heartbeat: dict[str, Any] | None) -> JournalStorage:
+    path = journal_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = JournalFileBackend(str(path))
+    interval = int((heartbeat or {}).get("interval", 60))
+    if interval <= 0:
+        return JournalStorage(backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = _RetryCallback(max_retry=int(heartbeat.get("max_retry", 1)))
+    return HeartbeatJournalStorage(backend, interval, int(heartbeat.get("grace_period", 3 * interval)), callback)
 
 
 @contextlib.contextmanager
@@ -67,9 +139,11 @@ def _sqlite_lock(url: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def make_storage(url: str, heartbeat: dict[str, Any] | None = None) -> RDBStorage:
-    """``RDBStorage`` with heartbeats (``heartbeat: {interval: 0}`` turns them off) and SQLite timeouts."""
+def make_storage(url: str, heartbeat: dict[str, Any] | None = None) -> optuna.storages.BaseStorage:
+    """``RDBStorage`` (or the journal) with heartbeats (``heartbeat: {interval: 0}`` turns them off)."""
     heartbeat = dict(heartbeat or {})
+    if journal_path(url) is not None:
+        return _journal_storage(url, heartbeat)
     interval = int(heartbeat.get("interval", 60))
     kwargs: dict[str, Any] = {}
     if interval > 0:
@@ -161,10 +235,10 @@ def open_study(sweep: OptunaSweep, storage_url: str) -> optuna.Study:
 
 def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
     """An existing study for reading; ``study_name`` may be omitted when the storage holds exactly one."""
-    if sqlite_path(storage_url) is not None and not sqlite_path(storage_url).is_file():
-        raise OptunaSweepError(f"no study database at {sqlite_path(storage_url)}")
-    storage = RDBStorage(storage_url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-                         if storage_url.startswith("sqlite") else {})
+    file = sqlite_path(storage_url) or journal_path(storage_url)
+    if file is not None and not file.is_file():
+        raise OptunaSweepError(f"no study at {file}")
+    storage = make_storage(storage_url, {"interval": 0})
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:
         if len(names) != 1:
