@@ -148,3 +148,34 @@ def test_optuna_fashion_mnist_sweep_as_in_readme(fashion_mnist, console, subproc
     (db,) = runs.glob("*/study.db")
     (trial,) = optuna.load_study(study_name=db.parent.name, storage=f"sqlite:///{db}").trials
     assert trial.state == optuna.trial.TrialState.COMPLETE and 0.0 <= trial.value <= 1.0
+
+
+# ------------------------------------------------------------------------------------ sweeps that cannot run
+@pytest.mark.parametrize("mistake, message", [
+    ({"data.root": "/nonexistent/imagenet"}, "dataset root /nonexistent/imagenet does not exist"),
+    ({"model.lr_typo": 1}, "does not accept option 'lr_typo'"),
+    ({"trainer.max_epochs.x": 1}, "cannot set trainer.max_epochs.x"),
+])
+@pytest.mark.parametrize("command", ["grid", "optuna"])
+def test_a_sweep_no_trial_could_run_stops_before_the_first(command, mistake, message, imagenet_tree, console,
+                                                           subprocess_env, set_args, cpu_overrides, tmp_path):
+    sweep = {"grid": "sweeps/ablation_stl.yaml", "optuna": "sweeps/optuna_slots_kernel_imagenet.yaml"}[command]
+    runs_option = {"grid": "--runs", "optuna": "--runs-dir"}[command]
+    sets = set_args({"data.root": imagenet_tree, **cpu_overrides, **mistake})
+    result = subprocess.run([*console("glnet"), "sweep", command, sweep, runs_option, str(tmp_path / "runs"), *sets],
+                            capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if f"glnet sweep {command}: error:" in line]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()  # no variant started, no study created
+
+
+@pytest.mark.parametrize("command", ["grid", "optuna"])
+def test_a_missing_base_config_stops_the_sweep(command, console, subprocess_env, tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "configs/nowhere.yaml", "variants": [{"name": "a"}]} if command == "grid"
+                                    else {"base": "configs/nowhere.yaml", "search_space": {"num_slots": [4]}}))
+    result = subprocess.run([*console("glnet"), "sweep", command, str(sweep)], capture_output=True, text=True,
+                            env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "configs/nowhere.yaml does not exist" in result.stderr, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

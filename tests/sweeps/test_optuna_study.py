@@ -149,3 +149,12 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert sorted(t.number for t in trials) == [0, 1]  # 2 workers x 1 trial, none lost or duplicated
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["run_dir"] for t in trials}) == 2
+
+
+def test_a_run_whose_trials_all_failed_exits_1_and_says_so(tmp_path, capsys):
+    # num_slots 5 is not a square: every trial fails in the pooled slot init (the base itself is fine)
+    path = sweep_file(tmp_path, {"num_slots": [5], "kernel_size": [3]}, sampler="grid")
+    assert run(path, "--n-trials", "2") == 1
+    assert [t.state for t in load(tmp_path).trials] == [optuna.trial.TrialState.FAIL]
+    err = capsys.readouterr().err
+    assert "all 1 trial(s) of this run failed; trial 0:" in err and "perfect square" in err
