@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import math
 import subprocess
 from pathlib import Path
 
@@ -77,7 +78,8 @@ def test_imagenet_config_fits_validates_and_checkpoints(config, imagenet_tree, c
     logged = _scalars(run, "val/acc1")
     assert len(logged) == 1 and 0.0 <= logged[0] <= 1.0
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 2
+    accumulate = yaml.safe_load((run / "config.yaml").read_text())["trainer"].get("accumulate_grad_batches") or 1
+    assert ckpt["global_step"] == math.ceil(cpu_overrides["trainer.limit_train_batches"] / accumulate)
     assert ckpt["hyper_parameters"]["num_classes"] == 4  # the tree's classes, not ImageNet's 1000
     assert ckpt["hyper_parameters"]["model_name"] == yaml.safe_load((REPO / "configs" / config).read_text())["model"]["model_name"]
 
