@@ -237,7 +237,7 @@ def load_study(storage_url: str, study_name: str | None) -> optuna.Study:
     """An existing study for reading; ``study_name`` may be omitted when the storage holds exactly one."""
     file = sqlite_path(storage_url) or journal_path(storage_url)
     if file is not None and not file.is_file():
-        raise OptunaSweepError(f"no study at {file}")
+        raise OptunaSweepError(f"no study database at {file}")
     storage = make_storage(storage_url, {"interval": 0})
     names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if study_name is None:
