@@ -31,8 +31,9 @@ class _ConvMlpBlock(nn.Module):
     def mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         # Without the hidden depthwise conv every op here is pixel-wise: on CPU inference it runs
         # in cache-sized chunks (pixel_chunks.py says why); same math, same result.
-        if self.mlp.dwconv is None and runs_in_chunks(self, x):
-            return map_pixel_chunks(self._mlp_residual, x)
+        if not torch.jit.is_scripting():  # TorchScript cannot pass a bound method along
+            if self.mlp.dwconv is None and runs_in_chunks(self, x):
+                return map_pixel_chunks(self._mlp_residual, x)
         return self._mlp_residual(x)
 
     def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,12 @@ that change one setting of the configured strategies, per stage when given a lis
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import nn
 
 from .blocks import BLOCK_TYPES, GLMixBlock
@@ -159,7 +160,7 @@ class GLNet(nn.Module):
         self.stem = STEMS[stem](in_chans, dims[0])
         drop_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, self.feature_info, reduction, cursor = [], [], 4, 0
-        self.mixer_configs: list[GLMixConfig | None] = []
+        self.mixer_configs = []  # GLMixConfig or None per stage (no inline annotation: torch.jit.script warns on it)
         for i in range(n):
             kinds = _block_kinds(stage_mixers[i], depths[i], i)
             config = None
@@ -229,16 +230,74 @@ class GLNet(nn.Module):
         """All GLMix blocks in forward order (block k of the paper's figures is index k-1)."""
         return [m for m in self.modules() if isinstance(m, GLMixBlock)]
 
-    # ------------------------------------------------------------------ forward
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The four NCHW stage outputs (channels_last strides), before the head norm."""
-        outs = []
-        x = self.stem(_channels_last(x))
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+    # ------------------------------------------------------------------ feature extraction
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs for timm's feature API; intermediate ``i`` is the output of ``stages[i]``.
 
+        ``indices``: last n stages if an int, those stages if a list (negative from the end), all if None.
+        ``norm`` applies the final BatchNorm to the last stage's map, the only one it is sized for.
+        NCHW maps keep channels_last strides, so ``output_fmt='NHWC'`` is a free permute.
+        """
+        assert output_fmt in ("NCHW", "NHWC"), "output_fmt must be NCHW or NHWC"
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+
+        x = self.stem(_channels_last(x))
+        if torch.jit.is_scripting() or not stop_early:  # TorchScript cannot slice a Sequential
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                x_inter = self.norm(x) if norm and feat_idx == last_idx else x
+                if output_fmt == "NHWC":
+                    x_inter = x_inter.permute(0, 2, 3, 1).contiguous()
+                intermediates.append(x_inter)
+
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, List[int]] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last wanted intermediate (and norm / head); returns the kept indices.
+
+        As in timm's families, cutting stages also drops the final norm and the head: both are sized
+        for the last stage.
+        """
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        prune_end = max_index < len(self.stages) - 1
+        if prune_norm or prune_end:
+            self.norm = nn.Identity()
+        self.stages = self.stages[:max_index + 1]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """All stage outputs before the final norm (NCHW, channels_last strides); kept for older callers."""
+        return self.forward_intermediates(x, intermediates_only=True)
+
+    # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.stages(self.stem(_channels_last(x))))
 
@@ -267,7 +326,9 @@ def _create_glnet(variant: str, pretrained: bool = False, **kwargs) -> GLNet:
     return build_model_with_cfg(
         GLNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        # 'getter' runs forward_intermediates on a model pruned to the wanted stages; 'fx', 'list'
+        # and 'hook' still work through feature_cls=... (flatten_sequential is for the latter two).
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter", flatten_sequential=True),
         **kwargs,
     )
 

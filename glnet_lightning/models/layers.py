@@ -5,8 +5,11 @@ math lives in ``slot_attention.py`` and the blocks in ``blocks.py``.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 LN_EPS = 1e-6  # every LayerNorm of GLNet (token or channels-first) uses this eps
@@ -47,6 +50,7 @@ def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.
     return LayerScale(dim, init_value, channel_dim) if init_value else nn.Identity()
 
 
+@register_notrace_module  # device, autocast and map size pick the kernel at run time: a leaf for torch.fx
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that runs in float32 under CPU autocast.
 
@@ -58,9 +62,10 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return self._conv(x.float())
+        if not torch.jit.is_scripting():  # TorchScript has no per-device autocast query
+            if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+                with torch.autocast("cpu", enabled=False):
+                    return self._conv(x.float())
         return self._conv(x)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +79,7 @@ class Conv2d(nn.Conv2d):
         h, w = x.shape[-2:]
         if self.groups == 1 or self.stride != (1, 1) or self.dilation != (1, 1) or self.padding != (kh // 2, kw // 2) \
                 or self.padding_mode != "zeros" or (h >= kh and w >= kw) or kh % 2 == 0 or kw % 2 == 0:
-            return super().forward(x)
+            return self._conv_forward(x, self.weight, self.bias)  # super() is not scriptable
         ch, cw = max(0, kh // 2 - (h - 1)), max(0, kw // 2 - (w - 1))  # taps cropped from each side
         weight = self.weight[:, :, ch:kh - ch, cw:kw - cw]
         return F.conv2d(x, weight, self.bias, 1, (kh // 2 - ch, kw // 2 - cw), 1, self.groups)
@@ -164,7 +169,7 @@ class MultiHeadSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(

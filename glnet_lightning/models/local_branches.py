@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 from .layers import Conv2d, MultiHeadSelfAttention, PointwiseConv
@@ -29,6 +30,13 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return rel[0] * (2 * window_size - 1) + rel[1]
 
 
+@register_notrace_function  # whether to pad depends on the map size: one call node for torch.fx
+def pad_to_windows(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """Zero-pad an NCHW map at the bottom/right to multiples of ``window_size``; as is when it fits."""
+    pad_h, pad_w = (-x.shape[-2]) % window_size, (-x.shape[-1]) % window_size
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
 class WindowAttentionBranch(nn.Module):
     """Window MHSA local branch (ablation): non-overlapping w x w windows, no shift, learned
     relative position bias. Maps whose sides are not multiples of w are zero-padded at the
@@ -47,9 +55,8 @@ class WindowAttentionBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         w = self.window_size
-        pad_h, pad_w = (-H) % w, (-W) % w
-        x = F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
-        Hp, Wp = H + pad_h, W + pad_w
+        x = pad_to_windows(x, w)
+        Hp, Wp = x.shape[-2:]
         # (B, C, Hp, Wp) -> (B * nH * nW, w*w, C)
         windows = x.view(B, C, Hp // w, w, Wp // w, w).permute(0, 2, 4, 3, 5, 1).reshape(-1, w * w, C)
         bias = self.rel_pos_bias[self.rel_pos_index].permute(2, 0, 1).unsqueeze(0).to(windows.dtype)

@@ -9,7 +9,8 @@ of a few hundred pixels the hidden tensor stays in L2 and the allocations are re
 
 Only for CPU inference: autograd would have to keep every chunk anyway, CUDA's caching allocator
 has no page-fault cost and prefers few large kernels, and under ``torch.compile`` inductor fuses
-the same ops itself (a Python loop would just be unrolled into the graph).
+the same ops itself (a Python loop would just be unrolled into the graph). ``torch.fx`` graphs and
+TorchScript take the whole-map path too: a shape-dependent loop cannot be recorded in either.
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ the two threads' 512 KiB L2 caches, and GEMMs of 512 rows still run near the mac
 
 def runs_in_chunks(module: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``module`` should take its chunked path for input ``x``: CPU, eval mode, no autograd,
-    not being traced by ``torch.compile``."""
+    not being traced by ``torch.compile`` or ``torch.fx`` (checked first: a Proxy has no device)."""
+    if isinstance(x, torch.fx.Proxy):
+        return False
     return (x.device.type == "cpu" and not module.training and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling())
 

@@ -11,9 +11,8 @@ so each is one ``scaled_dot_product_attention`` call with queries/keys swapped. 
 the (B, M, L) matrix to autograd, fused kernels keep the softmax in float32 under autocast, and
 no Python loop runs over the batch or the slots.
 """
-from __future__ import annotations
-
 import math
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +63,7 @@ class SoftClustering(nn.Module):
         super().__init__()
         self.tau = nn.Parameter(torch.tensor(dim**-0.5))
 
-    def forward(self, init_slots: torch.Tensor, pixels: torch.Tensor):
+    def forward(self, init_slots: torch.Tensor, pixels: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """Group pixels (B, L, C) into slots (B, M, C); returns the slots and what dispatch needs."""
         queries = F.normalize(init_slots, dim=-1).unsqueeze(1)  # (B, 1, M, C)
         # tau / |p| on the small (B, L, 1) tensor: one pass over the pixels instead of two
@@ -73,12 +72,12 @@ class SoftClustering(nn.Module):
         slots = F.scaled_dot_product_attention(queries, keys, pixels.unsqueeze(1), scale=1.0)
         return slots.squeeze(1), (queries, keys)
 
-    def dispatch(self, slots: torch.Tensor, ctx) -> torch.Tensor:
+    def dispatch(self, slots: torch.Tensor, ctx: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Send slots (B, M, C) back to pixels (B, L, C) with softmax over slots of the same logits."""
         queries, keys = ctx
         return F.scaled_dot_product_attention(keys, queries, slots.unsqueeze(1), scale=1.0).squeeze(1)
 
-    def assignment(self, ctx) -> torch.Tensor:
+    def assignment(self, ctx: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Per-pixel soft assignment over slots, (B, M, L), summing to one over M (for visualisation)."""
         queries, keys = ctx
         logits = queries.squeeze(1).float() @ keys.squeeze(1).float().transpose(1, 2)
@@ -113,7 +112,7 @@ class KMeansClustering(nn.Module):
         means = one_hot.transpose(1, 2) @ values / counts.clamp(min=1)
         return torch.where(counts > 0, means, fallback)
 
-    def forward(self, init_slots: torch.Tensor, pixels: torch.Tensor):
+    def forward(self, init_slots: torch.Tensor, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             unit = F.normalize(pixels.detach(), dim=-1)
             bucket = ((unit @ self.hash_proj.to(unit.dtype)) > 0).long() @ self.bit_values
@@ -142,13 +141,16 @@ class SlotAttentionBranch(nn.Module):
     slot visualisations.
     """
 
+    # Declared on the class (a real type, not a postponed string: no __future__ import here) so TorchScript types it.
+    assignment: Optional[torch.Tensor]
+
     def __init__(self, slot_init: nn.Module, clustering: nn.Module, dim: int, head_dim: int):
         super().__init__()
         self.slot_init = slot_init
         self.clustering = clustering
         self.relation = MultiHeadSelfAttention(dim, head_dim)
         self.record_assignment = False
-        self.assignment: torch.Tensor | None = None
+        self.assignment = None
 
     def forward(self, h: torch.Tensor, block_input: torch.Tensor) -> torch.Tensor:
         B, C, H, W = h.shape
