@@ -31,10 +31,9 @@ CONFIG_FILE = "sweep_config.yaml"
 LOG_FILE = "fit.log"
 ERROR_TAIL_LINES = 40
 
-#: ``glnet fit`` without relying on the console script being on PATH (``cli.main`` has no
-#: ``__main__`` guard, so ``python -m glnet_lightning.cli.main`` would not run it).
-DEFAULT_FIT_COMMAND = (sys.executable, "-c",
-                       "import sys; from glnet_lightning.cli.main import main; sys.exit(main())", "fit")
+#: ``glnet fit`` without relying on the console script being on PATH; a module, not ``python -c``,
+#: so that Lightning's DDP launcher can start the other ranks with the same command.
+DEFAULT_FIT_COMMAND = (sys.executable, "-m", "glnet_lightning", "fit")
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

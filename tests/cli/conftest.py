@@ -43,6 +43,9 @@ def tiny_args(root: Path, train_batches: int = 4, val_batches: int = 2, epochs: 
 
 def console(script: str) -> list[str]:
     """The installed console script, or the same entry point through this interpreter."""
+    beside = Path(sys.executable).parent / script  # the venv's own script, even when it is not activated
+    if beside.is_file():
+        return [str(beside)]
     path = shutil.which(script)
     if path:
         return [path]
