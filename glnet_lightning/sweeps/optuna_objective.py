@@ -73,7 +73,10 @@ class TrialRunner:
                 trial.set_user_attr(key, value)
             trial.set_user_attr("duplicate_of", duplicate.number)
             return duplicate.values if self.sweep.multi_objective else duplicate.value
-        run_dir = self.sweep.study_dir / f"trial_{trial.number:04d}"
+        resume = self._checkpoint_to_resume(trial)
+        run_dir = Path(trial.user_attrs["run_dir"]) if resume else self.sweep.study_dir / f"trial_{trial.number:04d}"
+        if resume:
+            trial.set_user_attr("resumed_from", str(resume))
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", _jsonable(overrides))
         config = self.trial_config(overrides, run_dir)
@@ -81,7 +84,7 @@ class TrialRunner:
         config_path = run_dir / "trial_config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         try:
-            return self._fit(trial, config, config_path)
+            return self._fit(trial, config, config_path, resume)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -91,7 +94,22 @@ class TrialRunner:
             gc.collect()
 
     # ------------------------------------------------------------------ the run
-    def _fit(self, trial: optuna.Trial, config: dict, config_path: Path) -> float | list[float]:
+    @staticmethod
+    def _checkpoint_to_resume(trial: optuna.Trial) -> Path | None:
+        """A heartbeat retry (same parameters) continues the dead trial's run from its ``last.ckpt``.
+
+        Optuna's retry callback copies the failed trial's user attributes, its ``run_dir`` included;
+        a retry whose run left no checkpoint starts afresh in its own directory.
+        """
+        retried = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        if retried is None or not trial.user_attrs.get("run_dir"):
+            return None
+        from .grid import find_last_checkpoint
+
+        return find_last_checkpoint(Path(trial.user_attrs["run_dir"]))
+
+    def _fit(self, trial: optuna.Trial, config: dict, config_path: Path, resume: Path | None = None
+             ) -> float | list[float]:
         from glnet_lightning.cli.lightning_cli import build_cli
 
         cli = build_cli(["--config", str(config_path)])
@@ -103,7 +121,7 @@ class TrialRunner:
 
         pruning = self._pruning_callback(trial)
         trainer.callbacks.extend([FiniteLossGuard(), *([pruning] if pruning else [])])
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         if pruning is not None:
             trainer.callbacks.remove(pruning)
         metrics = self._logged_metrics(trainer, module, datamodule)

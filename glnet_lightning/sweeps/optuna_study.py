@@ -94,9 +94,10 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         deadline = time.time() - self._grace_period
         stale = []
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            beat = trial.system_attrs.get(self.HEARTBEAT_ATTR)
-            if beat is None and trial.datetime_start is not None:
-                beat = trial.datetime_start.timestamp()
+            # a retried trial starts with the dead trial's attributes: its own start counts as a beat
+            beats = [trial.system_attrs.get(self.HEARTBEAT_ATTR),
+                     trial.datetime_start.timestamp() if trial.datetime_start is not None else None]
+            beat = max((b for b in beats if b is not None), default=None)
             if beat is not None and beat < deadline:
                 stale.append(trial._trial_id)
         return stale

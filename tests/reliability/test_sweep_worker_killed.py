@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import torch
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -57,3 +58,33 @@ def test_worker_killed_mid_trial_is_failed_and_retried(fashion_mnist, env, signa
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert trials[1].params == trials[0].params  # the interrupted configuration ran again
     assert trials[1].system_attrs.get("failed_trial") == trials[0].number
+
+
+def test_retried_trial_continues_from_the_dead_trials_checkpoint(fashion_mnist, env, signal_when, tmp_path):
+    """The retry of a killed trial resumes its run directory's ``last.ckpt`` (written every 5 steps
+    here) with the same parameters, instead of training again from step 0."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = study_tests.sweep_file(tmp_path, study_tests.SPACE, heartbeat=HEARTBEAT)
+    sets = [s for s in study_tests.TINY_SETS if not s.startswith("trainer.limit_train_batches")]
+    sets += ["trainer.limit_train_batches=40", "checkpoint.last_every_n_steps=5", "trainer.log_every_n_steps=1"]
+    command = [sys.executable, "-m", "glnet_lightning.sweeps.optuna_cli", str(path), "--n-trials", "1",
+               *(a for s in sets for a in ("--set", s))]
+    last = tmp_path / "runs" / "tiny" / "trial_0000" / "checkpoints" / "last.ckpt"
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    signal_when(worker, last.is_file, signal.SIGKILL)
+    saved_step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 5 <= saved_step < 40
+
+    time.sleep(HEARTBEAT["grace_period"] + 1)
+    assert subprocess.run(command, env=env, capture_output=True, timeout=600).returncode == 0
+    killed, retry = study_tests.load(tmp_path).trials
+    assert killed.state == optuna.trial.TrialState.FAIL and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == killed.params and retry.user_attrs["run_dir"] == killed.user_attrs["run_dir"]
+    assert retry.user_attrs["resumed_from"] == str(last)
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 40
+    # the retry's own events begin after the checkpoint's step: nothing was trained twice
+    newest = max(last.parent.parent.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    events = EventAccumulator(str(newest), size_guidance={"scalars": 0})
+    events.Reload()
+    assert min(e.step for e in events.Scalars("train/loss")) > saved_step - 1
