@@ -60,3 +60,11 @@ def test_last_every_minutes_saves_when_the_interval_has_passed(fashion_mnist, ti
 def test_bad_cadence_is_a_config_error(option, tiny_args, tmp_path):
     with pytest.raises(ConfigError, match=option.split("=")[0].lstrip("-")):
         build_cli([*tiny_args(tmp_path / "run"), option])
+
+
+def test_runs_built_without_a_subcommand_save_on_sigterm_too(tiny_args, tmp_path):
+    """Optuna trials build their fit with ``run=False``; a pre-empted trial must save like ``glnet fit``."""
+    from glnet_lightning.lit.preemption import PreemptionCheckpoint
+
+    cli = build_cli(tiny_args(tmp_path / "run"))
+    assert sum(isinstance(cb, PreemptionCheckpoint) for cb in cli.trainer.callbacks) == 1
