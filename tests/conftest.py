@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def conformance_dir() -> Path | None:
-    """../shared/conformance beside the checkout (CI lays it there), or $GLNET_CONFORMANCE_DIR."""
-    candidates = [os.environ.get("GLNET_CONFORMANCE_DIR"), REPO.parent / "shared" / "conformance"]
+    """The reference fixtures kept with the tests (tests/models/conformance), or $GLNET_CONFORMANCE_DIR."""
+    candidates = [os.environ.get("GLNET_CONFORMANCE_DIR"), REPO / "tests" / "models" / "conformance"]
     for c in candidates:
         if c and Path(c).is_dir():
             return Path(c)
@@ -36,7 +36,7 @@ def required(found: Path | None, missing: str) -> Path:
 
 @pytest.fixture(scope="session")
 def conformance() -> Path:
-    return required(conformance_dir(), "conformance fixtures not found: expected ../shared/conformance "
+    return required(conformance_dir(), "conformance fixtures not found: expected tests/models/conformance "
                                        "or $GLNET_CONFORMANCE_DIR")
 
 

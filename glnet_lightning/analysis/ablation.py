@@ -1,4 +1,4 @@
-"""The paper's ablation table (DESIGN.md section 3) beside the runs of a grid sweep, as a DataFrame.
+"""The paper's ablation table (docs/design.md, section 3) beside the runs of a grid sweep, as a DataFrame.
 
 Why from the sweep file: it already holds the paper's figures per variant, and ``glnet sweep grid``
 names each run directory after its variant, so runs and paper rows join on the name. Variants

@@ -1,6 +1,6 @@
 """ImageNet-1k (or any ``train/`` + ``val/`` class-folder tree) as a LightningDataModule.
 
-Why: implements the data half of the GLNet recipe (DESIGN.md section 2):
+Why: implements the data half of the GLNet recipe (docs/design.md, section 2):
 timm's RandAugment m9 mstd0.5 / colour jitter 0.4 / random erasing 0.25 (pixel
 mode) / bicubic train pipeline, crop-pct 0.875 bicubic evaluation, and DeiT's
 repeated augmentation under DDP. Mixup / CutMix and label smoothing act on

@@ -1,6 +1,6 @@
 """``GLNetModule``: a GLNet (or any timm model) trained with the paper's ImageNet recipe.
 
-Why one module owns the whole recipe (DESIGN.md section 2): the optimizer groups, the
+Why one module owns the whole recipe (docs/design.md, section 2): the optimizer groups, the
 batch-scaled warm-up/cosine schedule, Mixup/CutMix with the matching loss, and the EMA copy all
 depend on each other and on the model; everything is a constructor argument so a config file
 (LightningCLI) can change any of it, and ``save_hyperparameters`` lets

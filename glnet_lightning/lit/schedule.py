@@ -1,4 +1,4 @@
-"""Learning-rate recipe of DESIGN.md section 2: linear scaling with the global batch, then a
+"""Learning-rate recipe of docs/design.md, section 2: linear scaling with the global batch, then a
 per-step linear warm-up followed by a cosine decay to a floor.
 
 Why a callable class for ``LambdaLR``: ``LambdaLR.state_dict`` stores the ``__dict__`` of callable

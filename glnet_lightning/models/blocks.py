@@ -1,4 +1,4 @@
-"""The three block types of the GLNet family (DESIGN.md sections 1 and 2), all NCHW in and out."""
+"""The three block types of the GLNet family (docs/design.md, sections 1 and 2), all NCHW in and out."""
 from __future__ import annotations
 
 import torch

@@ -1,6 +1,6 @@
 """Bridge to the reference implementation: its constructor arguments and its checkpoint names.
 
-The published GLNet checkpoints (and ../shared/conformance fixtures) use the reference
+The published GLNet checkpoints (and the conformance fixtures in tests/models/conformance) use the reference
 module names (``downsample_layers``, ``relation_mha.in_proj_weight``, ``feature_conv.1``, ...).
 ``convert_official_state_dict`` renames them to ours by rule, so one function serves the
 fixtures, the published files and timm's ``pretrained=True`` path.

@@ -1,7 +1,7 @@
 """The global branch of GLMix: grid -> slots (clustering), slot MHSA, slots -> grid (dispatch).
 
 Soft clustering and dispatching are both attention with the *same* cosine-similarity logits
-(DESIGN.md section 1, steps 4-6):
+(docs/design.md, section 1, steps 4-6):
 
     logits = tau * <normalize(init_slots), normalize(pixels)>              (B, M, L)
     slots  = softmax_L(logits) @ pixels                                     clustering
@@ -85,7 +85,7 @@ class SoftClustering(nn.Module):
 
 
 class KMeansClustering(nn.Module):
-    """Hard k-means clustering with hashing init (the paper's unstable ablation, DESIGN.md section 3).
+    """Hard k-means clustering with hashing init (the paper's unstable ablation, docs/design.md, section 3).
 
     Initial centroids: each normalised pixel's bucket is the sign pattern of log2(M) fixed random
     projections; bucket means are the centroids (empty buckets fall back to the slot init). Then

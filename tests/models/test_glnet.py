@@ -11,7 +11,7 @@ from glnet_lightning.models import MODEL_NAMES, GLNet
 TINY = dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), head_dim=16, num_slots=4, num_classes=7,
             stage_mixers=("glmix", "glmix", "glmix", "mha"))
 
-# DESIGN.md section 3: each row of the paper's ablation table as strategy settings, with its params (M).
+# docs/design.md, section 3: each row of the paper's ablation table as strategy settings, with its params (M).
 ABLATION_ROWS = {
     "stl": ({}, 30.3),
     "local_only": (dict(global_branch="none"), 26.4),

@@ -10,7 +10,7 @@ import torch
 import glnet_lightning  # noqa: F401  (registers the models)
 from glnet_lightning.models import MODEL_NAMES
 
-# DESIGN.md section 2 / issue 3: parameters in millions at 1000 classes.
+# docs/design.md, section 2: parameters in millions at 1000 classes.
 PAPER_PARAMS_M = {"glnet_stl": 30.30, "glnet_stl_paramslot": 30.48, "glnet_4g": 27.00, "glnet_9g": 60.01, "glnet_16g": 106.06}
 
 
