@@ -7,7 +7,9 @@ converts the reference names). Both give a model plus the preprocessing it was t
 """
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,22 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "LoadedModel", "Preprocess", "load_model"]
+__all__ = ["CheckpointError", "LoadedModel", "Preprocess", "load_model", "model_kwargs_arg"]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or cannot be turned into a model."""
+
+
+def model_kwargs_arg(text: str) -> dict:
+    """argparse type of ``--model-kwargs``: the JSON object :func:`load_model` takes as ``model_kwargs``."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"num_slots\": 49}'")
+    return value
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ def _lightning_preprocess(checkpoint: dict[str, Any]) -> Preprocess:
     return Preprocess(size=int(hparams.get("image_size") or 224), mean=mean, std=std, grayscale=grayscale)
 
 
-def _from_lightning(path: Path, checkpoint: dict[str, Any], ema: bool) -> LoadedModel:
+def _from_lightning(path: Path, checkpoint: dict[str, Any], ema: bool | None) -> LoadedModel:
     from glnet_lightning.lit import GLNetModule
 
     try:
@@ -67,6 +80,8 @@ def _from_lightning(path: Path, checkpoint: dict[str, Any], ema: bool) -> Loaded
     except Exception as exc:  # a checkpoint of another LightningModule, or a stale one
         raise CheckpointError(f"{path} is not a GLNetModule checkpoint that this version can load: {exc}") from exc
     model = module.model
+    if ema is None:  # auto: the averaged weights when the run kept them
+        ema = module.ema_model is not None
     if ema:
         if module.ema_model is None:
             raise CheckpointError(f"{path} has no EMA weights (the run trained without ema_decay)")
@@ -104,12 +119,13 @@ def _from_state_dict(path: Path, state: dict[str, Any], model_name: str | None,
 
 
 def load_model(path: str | Path, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None,
-               ema: bool = False) -> LoadedModel:
+               ema: bool | None = False) -> LoadedModel:
     """A GLNet from a ``fit`` checkpoint (``.ckpt`` of ``GLNetModule``) or a state dict file.
 
     For a state dict, ``model_name`` (and ``model_kwargs`` for a non-default size) pick the timm
     model; a published reference checkpoint is recognised without them. ``ema``: the averaged
-    weights of a ``fit`` checkpoint.
+    weights of a ``fit`` checkpoint; None takes them when the checkpoint has them (the label ends
+    in "EMA" then) and a state dict as it is.
     """
     path = Path(path).expanduser()
     if not path.is_file():

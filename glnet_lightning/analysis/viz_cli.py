@@ -7,25 +7,14 @@ code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
-from .checkpoints import CheckpointError, load_model
+from .checkpoints import CheckpointError, load_model, model_kwargs_arg
 from .images import DEFAULT_IMAGES, ImageError, load_images
 
 __all__ = ["main", "build_parser", "write_figures"]
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"num_slots\": 49}'")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, help="input resolution (default: the model's training size)")
     parser.add_argument("--slots", type=int, default=4, help="representative slots per block (default: 4)")
     parser.add_argument("--model-name", help="timm model name for a state dict file (published ones are recognised)")
-    parser.add_argument("--model-kwargs", type=_json_object, metavar="JSON",
+    parser.add_argument("--model-kwargs", type=model_kwargs_arg, metavar="JSON",
                         help="constructor arguments for a state dict of a non-default size, e.g. '{\"num_slots\": 16}'")
     parser.add_argument("--ema", action="store_true", help="use the EMA weights of a fit checkpoint")
     return parser

@@ -1,7 +1,7 @@
 """Entry points: ``glnet <command> ...`` and ``lightning <fit|validate|test|predict> ...``.
 
 Why a hand-written dispatcher in front of LightningCLI: ``glnet`` also runs commands that are not
-Lightning runs (``bench``, ``sweep``, ``ablation``, ``viz``, ``data``). Each command is
+Lightning runs (``bench``, ``sweep``, ``ablation``, ``export``, ``viz``, ``data``). Each command is
 one row of :data:`COMMANDS`: a help line and a function taking the remaining arguments and
 returning an exit code. Commands import their implementation lazily, so ``glnet --help`` and
 ``glnet bench`` do not pay for Lightning's import.
@@ -87,6 +87,8 @@ COMMANDS: dict[str, Command] = {
     })),
     "ablation": Command("the paper's ablation table beside measured figures: ablation table SWEEP_FILE",
                         _group("ablation", {"table": _lazy("glnet_lightning.sweeps.cli", "ablation_main")})),
+    "export": Command("a checkpoint as ONNX or torch.export (.pt2), checked against eager (see glnet export --help)",
+                      _lazy("glnet_lightning.export", "main")),
     "viz": Command("slot-assignment figures of a checkpoint as PNG files (see glnet viz --help)",
                    _lazy("glnet_lightning.analysis.viz_cli", "main")),
     "data": Command("data set tools: data prepare (write litdata shards from an ImageNet-style folder)",

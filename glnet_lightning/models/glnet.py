@@ -22,7 +22,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from .blocks import BLOCK_TYPES, GLMixBlock
-from .layers import STEMS, TRANSITIONS, check_head_dim
+from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting
 from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal
 
 __all__ = ["GLNet", "GLNetStage", "checkpoint_filter_fn"]
@@ -78,7 +78,14 @@ def _mixer_config(stage: int, local: Any, global_branch: Any, fusion: Any, short
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     """GLNet runs channels_last end to end: pixels become contiguous (B, L, C) token views for the
-    slot attention and the 1x1 convs become plain GEMMs, with no layout copies between blocks."""
+    slot attention and the 1x1 convs become plain GEMMs, with no layout copies between blocks.
+
+    Not under torch.export: with a dynamic height/width the stride guards of a channels_last map
+    after the 4x4 patch stem are beyond its shape solver (STL would export for multiples of 32
+    only); the layout changes no value, and ONNX has none.
+    """
+    if is_exporting():
+        return x
     return x.contiguous(memory_format=torch.channels_last)
 
 

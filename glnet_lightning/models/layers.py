@@ -15,6 +15,13 @@ from torch import nn
 LN_EPS = 1e-6  # every LayerNorm of GLNet (token or channels-first) uses this eps
 
 
+def is_exporting() -> bool:
+    """``torch.compiler.is_exporting()`` (torch.export, ONNX), False in TorchScript, which cannot compile the query."""
+    if not torch.jit.is_scripting():
+        return torch.compiler.is_exporting()
+    return False
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dim of an NCHW tensor.
 
@@ -74,11 +81,14 @@ class Conv2d(nn.Conv2d):
         Exact (those taps multiply zeros), and it matters for small inputs: a 5x5 depthwise conv on the
         1x1 / 2x2 maps of stages 3-4 at 32 px input was ~20 % of a Fashion-MNIST training step, since
         mkldnn's backward is slow for such shapes; cropped to 1x1 / 3x3 it costs a fraction of that.
+        An exported graph always runs the full kernel: same result, and valid for every map size.
         """
         kh, kw = self.kernel_size
         h, w = x.shape[-2:]
-        if self.groups == 1 or self.stride != (1, 1) or self.dilation != (1, 1) or self.padding != (kh // 2, kw // 2) \
-                or self.padding_mode != "zeros" or (h >= kh and w >= kw) or kh % 2 == 0 or kw % 2 == 0:
+        # torch.export: a branch on the map size would pin the exported graph to one side of it
+        if is_exporting() or self.groups == 1 or self.stride != (1, 1) or self.dilation != (1, 1) \
+                or self.padding != (kh // 2, kw // 2) or self.padding_mode != "zeros" or (h >= kh and w >= kw) \
+                or kh % 2 == 0 or kw % 2 == 0:
             return self._conv_forward(x, self.weight, self.bias)  # super() is not scriptable
         ch, cw = max(0, kh // 2 - (h - 1)), max(0, kw // 2 - (w - 1))  # taps cropped from each side
         weight = self.weight[:, :, ch:kh - ch, cw:kw - cw]

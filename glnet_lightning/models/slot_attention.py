@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import MultiHeadSelfAttention
+from .layers import MultiHeadSelfAttention, is_exporting
 
 
 def pixels_of(x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,17 @@ def grid_of(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return tokens.transpose(1, 2).unflatten(2, (height, width))
 
 
+def adaptive_pool_weights(size: int, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """(bins, size) weights that average ``size`` positions into ``bins`` the way adaptive average
+    pooling does: bin i covers [floor(i * size / bins), ceil((i + 1) * size / bins))."""
+    index = torch.arange(bins, device=like.device)
+    start = (index * size) // bins
+    end = ((index + 1) * size + bins - 1) // bins
+    position = torch.arange(size, device=like.device)
+    inside = (position >= start[:, None]) & (position < end[:, None])
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+
+
 class PooledSlotInit(nn.Module):
     """Per-image slot init: adaptive average pooling of the block input to a sqrt(M) x sqrt(M) grid."""
 
@@ -39,6 +50,12 @@ class PooledSlotInit(nn.Module):
         self.side = math.isqrt(num_slots)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_exporting():
+            # ONNX has no adaptive pooling: its exporter bakes the example input's kernel into an
+            # AveragePool, wrong for any other map size. Two small averaging matmuls hold for all sizes.
+            H, W = x.shape[-2:]
+            rows, cols = adaptive_pool_weights(H, self.side, x), adaptive_pool_weights(W, self.side, x)
+            return pixels_of(rows @ x @ cols.transpose(0, 1))
         return pixels_of(F.adaptive_avg_pool2d(x, self.side))
 
 

@@ -1,0 +1,256 @@
+"""``glnet export``: a checkpoint as an ONNX file or a ``torch.export`` program (``.pt2``), checked against eager.
+
+Why a command of its own: deployment wants one file that runs without this package, and an export
+that silently computes something else is worse than none. So the command loads the weights the
+same way ``glnet viz`` does (a ``fit`` checkpoint, EMA weights when it has them, or a published
+state dict, through :func:`glnet_lightning.analysis.checkpoints.load_model`), exports with a
+dynamic batch and, where the example allows, a dynamic height and width, then runs the written
+file (onnxruntime / ``torch.export.load``) on random inputs and prints the largest difference to
+the eager model.
+
+Exported graphs take any batch, and heights / widths of at least :data:`MIN_SIDE` pixels (the
+stride-32 map must be at least 2 x 2: ``torch.export`` specialises sizes 0 and 1, so a graph traced
+with larger maps cannot take 1 x 1 ones). A smaller ``--img-size`` (e.g. a 32 px Fashion-MNIST
+model) exports that size only, with a dynamic batch. The graph computes what eager inference
+computes, without its CPU-only shortcuts (pixel-chunked MLPs, cropped depthwise kernels; see
+``models/pixel_chunks.py`` and ``models/layers.py``): the same values up to float rounding.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Sequence
+
+import torch
+from torch import nn
+
+from glnet_lightning.analysis.checkpoints import model_kwargs_arg
+
+__all__ = ["FORMATS", "MIN_SIDE", "ExportError", "StageOutputs", "check_format", "dynamic_shapes", "export_model",
+           "load_exported", "verify_export", "within_tolerance", "main"]
+
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
+MIN_SIDE = 64
+"""Smallest height / width a dynamic-size export accepts: 2 x GLNet's total stride of 32."""
+
+TOLERANCE = 1e-4
+"""Largest accepted |exported - eager|, times max(1, max |eager|): the ONNX and pt2 graphs differ
+from eager only in float rounding."""
+
+
+class ExportError(ValueError):
+    """An export the user can fix (format, sizes, missing ONNX packages); shown as one error line."""
+
+
+class StageOutputs(nn.Module):
+    """``model.forward_intermediates`` as a module with tensor outputs (final features, then one map per
+    stage), so the feature maps can be exported like the logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        final, maps = self.model.forward_intermediates(x)
+        return [final, *maps]
+
+
+def _in_chans(model: nn.Module) -> int:
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+def dynamic_shapes(height: int, width: int, fixed_size: bool = False) -> tuple[dict[int, Any]]:
+    """``torch.export`` dims for the single image input: a dynamic batch, and a dynamic height / width
+    of at least :data:`MIN_SIDE` when the example is that large and ``fixed_size`` is not asked for."""
+    from torch.export import Dim
+
+    dims: dict[int, Any] = {0: Dim("batch", min=1)}
+    if not fixed_size and min(height, width) >= MIN_SIDE:
+        dims[2], dims[3] = Dim("height", min=MIN_SIDE), Dim("width", min=MIN_SIDE)
+    return (dims,)
+
+
+def check_format(fmt: str) -> None:
+    """Raise :class:`ExportError` for an unknown format, or for ONNX without its packages (before any slow work)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'glnet-lightning[export]'")
+
+
+def export_model(model: nn.Module, fmt: str, out: str | Path, height: int, width: int, batch: int = 2,
+                 fixed_size: bool = False) -> Path:
+    """Export ``model`` (eval mode) traced at ``batch`` x C x ``height`` x ``width`` and write ``out``.
+
+    The batch is traced with at least 2 images: an example of 1 would pin the dynamic batch to 1.
+    """
+    check_format(fmt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = torch.randn(max(batch, 2), _in_chans(model), height, width)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(height, width, fixed_size))
+    if fmt == "pt2":
+        torch.export.save(program, out)
+        return out
+    outputs = ["logits"] if not isinstance(model, StageOutputs) else \
+        ["features", *(f"stage{i}" for i in range(len(model.model.stages)))]
+    # external_data=False: one self-contained file (fine below ONNX's 2 GB limit; GLNet-16G is 0.4 GB)
+    torch.onnx.export(program, (example,), str(out), dynamo=True, input_names=["images"], output_names=outputs,
+                      external_data=False, verbose=False)
+    return out
+
+
+def load_exported(path: str | Path, fmt: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """An exported file as a function of the image batch that returns all its outputs as tensors."""
+    if fmt == "pt2":
+        module = torch.export.load(str(path)).module()
+
+        def run_pt2(x: torch.Tensor) -> list[torch.Tensor]:
+            with torch.no_grad():
+                out = module(x)
+            return list(out) if isinstance(out, (list, tuple)) else [out]
+
+        return run_pt2
+    try:
+        import onnxruntime
+    except ModuleNotFoundError:
+        raise ExportError("onnxruntime is not installed: pip install 'glnet-lightning[export]'") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: [torch.from_numpy(o) for o in session.run(None, {name: x.numpy()})]
+
+
+def verify_export(model: nn.Module, exported: Callable[[torch.Tensor], list[torch.Tensor]],
+                  x: torch.Tensor) -> tuple[float, float]:
+    """(largest |exported - eager|, largest |eager|) over all outputs for input ``x``; raises if the
+    outputs' number or shapes differ. ``exported``: from :func:`load_exported`."""
+    with torch.no_grad():
+        expected = model.eval()(x)
+    expected = list(expected) if isinstance(expected, (list, tuple)) else [expected]
+    got = exported(x)
+    if len(got) != len(expected):
+        raise AssertionError(f"the exported file gives {len(got)} outputs, the model {len(expected)}")
+    for g, e in zip(got, expected):
+        if tuple(g.shape) != tuple(e.shape):
+            raise AssertionError(f"exported output shape {tuple(g.shape)} != eager {tuple(e.shape)}")
+    diff = max((g.float() - e.float()).abs().max().item() for g, e in zip(got, expected))
+    return diff, max(e.abs().max().item() for e in expected)
+
+
+def within_tolerance(diff: float, scale: float) -> bool:
+    return diff <= TOLERANCE * max(1.0, scale)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glnet export",
+        description="Export a checkpoint to ONNX or to a torch.export program (.pt2) with a dynamic batch (and "
+                    f"dynamic height/width >= {MIN_SIDE} px when --img-size allows), then check the written file "
+                    "against the eager model on random inputs and print the largest difference.",
+        epilog="examples:\n  glnet export runs/glnet_stl/checkpoints/best.ckpt --format onnx --out glnet_stl.onnx\n"
+               "  glnet export glnet_4g.pth --format pt2 --out glnet_4g.pt2 --img-size 224 --batch 8",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path,
+                        help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
+    parser.add_argument("--format", dest="fmt", metavar="{onnx,pt2}",
+                        help="output format (default: from the --out suffix)")
+    parser.add_argument("--out", type=Path, help="output file (default: the checkpoint's name with the format's suffix)")
+    parser.add_argument("--img-size", type=int, nargs="+", metavar=("H", "W"),
+                        help="example (and checked) input size (default: the size the model was trained at)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="batch of the checked input (default: 1); the exported batch is always dynamic")
+    parser.add_argument("--weights", default="auto", metavar="{auto,raw,ema}",
+                        help="fit checkpoints: the EMA or the raw weights (default auto: EMA when the run kept them)")
+    parser.add_argument("--fixed-size", action="store_true",
+                        help="export for --img-size only (for models whose height/width cannot be dynamic, such as "
+                             "the window_mhsa ablation)")
+    parser.add_argument("--features", action="store_true",
+                        help="export forward_intermediates (final features and every stage's map) instead of logits")
+    parser.add_argument("--model-name", help="timm model name for a state dict file (published ones are recognised)")
+    parser.add_argument("--model-kwargs", type=model_kwargs_arg, metavar="JSON",
+                        help="constructor arguments for a state dict of a non-default size, e.g. '{\"num_slots\": 16}'")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Every mistake that needs no checkpoint, before the (slow) loading."""
+    if args.fmt is None and args.out is not None and args.out.suffix in FORMATS.values():
+        args.fmt = next(f for f, suffix in FORMATS.items() if suffix == args.out.suffix)
+    if args.fmt is None:
+        raise ExportError(f"give --format ({' or '.join(FORMATS)}) or an --out file ending in "
+                          f"{' or '.join(FORMATS.values())}")
+    check_format(args.fmt)
+    if args.weights not in ("auto", "raw", "ema"):
+        raise ExportError(f"--weights {args.weights!r}: choose auto, raw or ema")
+    if args.img_size is not None and (len(args.img_size) > 2 or min(args.img_size) < 1):
+        raise ExportError(f"--img-size takes a height and optionally a width (positive), got {args.img_size}")
+    if args.batch < 1:
+        raise ExportError(f"--batch {args.batch}: the batch needs at least one image")
+    if not args.checkpoint.is_file():
+        raise ExportError(f"checkpoint {args.checkpoint} does not exist")
+    if args.out is None:
+        args.out = Path(args.checkpoint.stem + FORMATS[args.fmt])
+
+
+def run(args: argparse.Namespace) -> bool:
+    """Load, export, verify; prints what it did and returns whether the file matches eager."""
+    from glnet_lightning.analysis.checkpoints import load_model
+
+    loaded = load_model(args.checkpoint, args.model_name, args.model_kwargs,
+                        ema={"auto": None, "raw": False, "ema": True}[args.weights])
+    model = loaded.model.eval()
+    if args.features:
+        if not hasattr(model, "forward_intermediates"):
+            raise ExportError(f"{type(model).__name__} has no forward_intermediates: export its logits")
+        model = StageOutputs(model).eval()
+    height, width = (args.img_size * 2)[:2] if args.img_size else (loaded.preprocess.size,) * 2
+    if not args.fixed_size and min(height, width) < MIN_SIDE:
+        print(f"note: {height}x{width} is below {MIN_SIDE} px: the export takes that size only (batch stays dynamic)",
+              file=sys.stderr)
+    export_model(model, args.fmt, args.out, height, width, args.batch, args.fixed_size)
+    dynamic_size = not args.fixed_size and min(height, width) >= MIN_SIDE
+    # the requested input, and one the trace never saw (another batch and, when dynamic, another size)
+    other = (height + 32, width + 32) if dynamic_size else (height, width)
+    checks = [(args.batch, height, width), (args.batch + 1, *other)]
+    generator = torch.Generator().manual_seed(0)
+    ok = True
+    print(f"exported {loaded.label} to {args.out} ({args.fmt})")
+    exported = load_exported(args.out, args.fmt)
+    for b, h, w in checks:
+        x = torch.randn(b, _in_chans(model), h, w, generator=generator)
+        diff, scale = verify_export(model, exported, x)
+        ok = ok and within_tolerance(diff, scale)
+        print(f"max abs difference to eager at {b}x{x.shape[1]}x{h}x{w}: {diff:.3g} (outputs up to {scale:.3g})")
+    return ok
+
+
+def main(argv: Sequence[str]) -> int:
+    """``glnet export ARGS``: 0 when the file is written and matches eager, 1 when it does not, 2 for a
+    problem the user can fix (missing file, unknown format, bad sizes, missing ONNX packages)."""
+    from glnet_lightning.analysis.checkpoints import CheckpointError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:  # --help (0), a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        _check_args(args)
+        ok = run(args)
+    except (ExportError, CheckpointError) as exc:
+        print(f"glnet export: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    if not ok:
+        print(f"glnet export: error: {args.out} differs from the eager model by more than {TOLERANCE:g} "
+              "x max(1, |output|)", file=sys.stderr)
+        return 1
+    return 0
