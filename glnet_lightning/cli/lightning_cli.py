@@ -9,10 +9,12 @@ Why a subclass: it fixes the project's run layout and defaults in one place —
   (:class:`~glnet_lightning.lit.AtomicCheckpointIO`), so ``--ckpt_path last`` resumes;
 - ``data.num_classes`` (when the data module has it) sets ``model.num_classes``;
 - bad values (parse errors, a model or data module refusing its arguments, an image size the
-  model's stride does not divide) surface as one :class:`ConfigError` before any data is read,
+  model's stride does not divide, a missing ``--model.init_weights`` file) surface as one
+  :class:`ConfigError` before any data is read,
   which ``cli.main`` prints as a single line;
 - failures during a run that have a clear fix — a diverged loss, a full disk while saving, a
-  checkpoint that does not fit the configured model — are reported the same way (:class:`RunError`);
+  checkpoint (or ``init_weights`` file) that does not fit the configured model — are reported the
+  same way (:class:`RunError`);
 - SIGTERM (SLURM pre-emption) saves ``last.ckpt`` (:class:`~glnet_lightning.lit.PreemptionCheckpoint`)
   and exits with status 143 (128 + SIGTERM) after one line saying how to resume.
   See docs/reliability.md.
@@ -45,6 +47,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWriter
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
 from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
+from glnet_lightning.lit.init_weights import InitWeightsError
 from glnet_lightning.lit.factory import check_backbone_config
 from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
@@ -162,6 +165,9 @@ class GLNetCLI(LightningCLI):
         except ValueError as exc:
             raise ConfigError(f"model: {_one_line(exc)}") from exc
         _check_image_size(config.get("data"), backbone)
+        init_weights = model.get("init_weights")
+        if init_weights and not config.get("ckpt_path") and not Path(init_weights).expanduser().is_file():
+            raise ConfigError(f"model.init_weights: file {init_weights} does not exist")
 
     # ------------------------------------------------------------------ instantiation
     def instantiate_classes(self) -> None:
@@ -172,14 +178,15 @@ class GLNetCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the Trainer method; a missing or malformed data set, a diverged loss, a failed checkpoint
-        write or a checkpoint of another architecture is one error line; SIGTERM exits with 143."""
+        write or a checkpoint (or init_weights file) of another architecture is one error line; SIGTERM
+        exits with 143."""
         from glnet_lightning.data import DatasetLayoutError, UnreadableImageError
 
         try:
             super()._run_subcommand(subcommand)
         except (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError) as exc:
             raise ConfigError(_one_line(exc)) from exc
-        except (TrainingDiverged, CheckpointWriteError) as exc:
+        except (TrainingDiverged, CheckpointWriteError, InitWeightsError) as exc:
             raise RunError(_one_line(exc)) from exc
         except RuntimeError as exc:
             # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds

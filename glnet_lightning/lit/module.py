@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from .ema import EmaWeights
 from .factory import create_backbone
+from .init_weights import INIT_WEIGHTS_KEYS, load_init_weights
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
 from .nonfinite import NonFiniteLossGuard
 from .optim import build_adamw
@@ -64,6 +65,13 @@ class GLNetModule(LightningModule):
         slot_map_every_n_epochs: log slot assignment images every N epochs (0 disables).
         nonfinite_loss: a NaN/inf training loss ``stop``s the run (naming the step and the last
             checkpoint) or is ``skip``ped without changing weights, optimizer or EMA (lit/nonfinite.py).
+        init_weights: weights to start from: a published checkpoint (reference GLNet layout, or any
+            layout timm's pretrained path takes for ``model_name``) or a ``fit`` checkpoint. A classifier
+            of another ``num_classes`` is re-initialised (and logged). Loaded when the Trainer first
+            uses the model, unless a checkpoint is restored (``--ckpt_path``, ``load_from_checkpoint``):
+            see :meth:`load_init_weights`.
+        init_weights_key: which weights of an ``init_weights`` file that has both: ``ema``, ``raw``, or
+            ``auto`` (EMA when present).
     """
 
     def __init__(
@@ -88,6 +96,8 @@ class GLNetModule(LightningModule):
         ema_warmup: bool = False,
         slot_map_every_n_epochs: int = 1,
         nonfinite_loss: str = "stop",
+        init_weights: str | None = None,
+        init_weights_key: str = "auto",
     ) -> None:
         super().__init__()
         if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0:
@@ -96,12 +106,15 @@ class GLNetModule(LightningModule):
                              f"warmup_epochs={warmup_epochs}, min_lr={min_lr}")
         if slot_map_every_n_epochs < 0:
             raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
+        if init_weights_key not in INIT_WEIGHTS_KEYS:
+            raise ValueError(f"init_weights_key={init_weights_key!r}: choose one of {list(INIT_WEIGHTS_KEYS)}")
         self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss)  # validates the policy
         self.save_hyperparameters()
         self.model = create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
         self.mixup_fn = build_mixup(num_classes, mixup, cutmix, mixup_prob, mixup_switch_prob, label_smoothing)
         self.train_criterion = build_train_criterion(self.mixup_fn is not None, label_smoothing)
         self.ema = EmaWeights(ema_decay, ema_warmup) if ema_decay is not None else None
+        self._init_weights_pending = init_weights is not None  # cleared once loaded or a checkpoint is restored
         self._ema_step = -1
         self.optimizer_step_skipped = False  # set by NonFiniteLossGuard: keep the EMA out of a skipped step
         self.val_metrics = _accuracy_metrics(num_classes, "val/")
@@ -119,6 +132,30 @@ class GLNetModule(LightningModule):
         if self.ema is None or not self.ema.has_state:
             return None
         return self.ema.attach(self.model)
+
+    def load_init_weights(self) -> None:
+        """Load ``init_weights`` into the backbone, once, unless a checkpoint has given the weights.
+
+        Why not in ``__init__``: ``load_from_checkpoint`` and ``--ckpt_path`` rebuild this module from
+        hyper-parameters that still name the file, which may be gone by then, and the checkpoint's
+        weights must win. The Trainer restores a checkpoint after ``setup``, so the hooks below call
+        this at the start of fit / validate / test / predict, after any restore (``on_load_checkpoint``
+        clears the pending load) and before the EMA copy is made. Call it yourself to use the module
+        without a Trainer.
+        """
+        if not self._init_weights_pending:
+            return
+        rank_zero_info(load_init_weights(self.model, self.hparams.init_weights, self.hparams.init_weights_key))
+        self._init_weights_pending = False
+
+    def on_validation_start(self) -> None:
+        self.load_init_weights()
+
+    def on_test_start(self) -> None:
+        self.load_init_weights()
+
+    def on_predict_start(self) -> None:
+        self.load_init_weights()
 
     def configure_callbacks(self):
         """The slot-map images belong to this module's recipe, so it brings their callback (unless the
@@ -180,6 +217,7 @@ class GLNetModule(LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
+        self.load_init_weights()
         if self.ema is not None:
             self.ema.attach(self.model)
         self._ema_step = self.trainer.global_step
@@ -192,7 +230,8 @@ class GLNetModule(LightningModule):
         planned = getattr(self, "_planned_schedule", None)
         if restored and planned and restored != planned:
             rank_zero_warn(f"resuming with the checkpoint's lr schedule {restored}; the current settings would "
-                           f"give {planned}. Start from the weights (not --ckpt_path) to train on a new schedule.")
+                           f"give {planned}. To train on a new schedule, start from the checkpoint's weights with "
+                           f"--model.init_weights CHECKPOINT (not --ckpt_path).")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # With gradient accumulation most batches do not step the optimizer; average only after steps.
@@ -231,6 +270,7 @@ class GLNetModule(LightningModule):
             checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._init_weights_pending = False  # the checkpoint's weights, not init_weights
         state = checkpoint.get(EMA_CHECKPOINT_KEY)
         if self.ema is not None and state is not None:
             self.ema.load_state_dict(state)

@@ -89,6 +89,12 @@ def test_imagenet_config_fits_validates_and_checkpoints(config, imagenet_tree, c
           "--ckpt_path", str(run / "checkpoints" / "best.ckpt")], subprocess_env())
     assert _scalars(check, "val/acc1") == pytest.approx(logged, abs=1e-6)
 
+    # the README's "evaluate published / trained weights": --model.init_weights (EMA weights when present)
+    weights = tmp_path / "weights"
+    _run([*console("glnet"), "validate", *common, "--trainer.default_root_dir", str(weights),
+          "--model.init_weights", str(run / "checkpoints" / "best.ckpt")], subprocess_env())
+    assert _scalars(weights, "val/acc1") == pytest.approx(_scalars(run, "val_ema/acc1"), abs=1e-6)
+
 
 # ------------------------------------------------------------------------------------ sweeps/
 @pytest.mark.slow

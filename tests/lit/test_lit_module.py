@@ -127,7 +127,7 @@ def test_ema_is_validated_saved_and_restored_exactly(tiny_kwargs, tmp_path, data
     trainer2 = make_trainer(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=2,
                             enable_checkpointing=True,
                             callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), resumed])
-    with pytest.warns(UserWarning, match="checkpoint's lr schedule"):
+    with pytest.warns(UserWarning, match="checkpoint's lr schedule.*--model.init_weights CHECKPOINT"):
         trainer2.fit(module2, datamodule=data, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert resumed.start_step == 3
     assert all(torch.equal(resumed.at_start[k], ema_saved[k]) for k in ema_saved)
