@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from .collate import GrayscaleBatchCollate
 from .idx import read_idx
 from .in_memory import InMemoryImageDataset
+from .resumable import resumable_loader
 
 __all__ = [
     "FashionMNISTDataModule",
@@ -233,7 +234,8 @@ class FashionMNISTDataModule(LightningDataModule):
     def _loader(self, dataset: InMemoryImageDataset | None, stage: str, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"call setup({stage!r}) before requesting its dataloader")
-        return DataLoader(
+        # training: a loader whose position and augmentation state a mid-epoch checkpoint keeps
+        return (resumable_loader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
@@ -242,6 +244,7 @@ class FashionMNISTDataModule(LightningDataModule):
             collate_fn=self.collate(train),
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            generator=None if train else torch.Generator(),  # evaluation leaves the training random stream alone
         )
 
     def train_dataloader(self) -> DataLoader:

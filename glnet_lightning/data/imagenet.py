@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from .augment_compat import patch_posterize
 from .image_dataset import BAD_IMAGE_POLICIES, ImageFolderDataset
 from .image_folder import FolderLayout, validate_layout
+from .resumable import resumable_loader
 from .samplers import RepeatAugDistributedSampler
 
 __all__ = ["ImageNetDataModule"]
@@ -223,7 +224,8 @@ class ImageNetDataModule(LightningDataModule):
         sampler = None
         if self.repeated_aug and world_size > 1:
             sampler = RepeatAugDistributedSampler(self.train_set, num_replicas=world_size, rank=rank)
-        return DataLoader(
+        # a loader whose position and augmentation state a mid-epoch checkpoint keeps
+        return resumable_loader(
             self.train_set,
             batch_size=self.batch_size,
             shuffle=sampler is None,
@@ -251,6 +253,9 @@ class ImageNetDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            # its own generator for the worker seeds (augmentation is seeded per sample, streaming.sample_rng):
+            # litdata starts its workers on the first batch, which must not move the training random stream
+            generator=torch.Generator(),
         )
 
     def _eval_loader(self, stage: str) -> DataLoader:
@@ -265,6 +270,7 @@ class ImageNetDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            generator=torch.Generator(),  # its worker seeds: evaluation leaves the training random stream alone
         )
 
     def val_dataloader(self) -> DataLoader:

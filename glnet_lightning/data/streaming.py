@@ -43,6 +43,7 @@ from PIL import Image
 
 from .image_dataset import BAD_IMAGE_POLICIES, UnreadableImageError, decode_rgb
 from .image_folder import SampleList
+from .resumable import sample_rng
 
 INSTALL_HINT = "pip install glnet-lightning[streaming]"
 
@@ -298,5 +299,8 @@ class StreamingImageDataset(litdata.StreamingDataset):
         sample = super().__getitem__(index)
         image = decode_rgb(bytes(sample["image"]), f"{os.fsdecode(bytes(sample['path']))} in {self.location}")
         if self.image_transform is not None:
-            image = self.image_transform(image)
+            # litdata does not save its workers' random state: each sample's augmentation is drawn
+            # from its own (seed, epoch, index), so a resumed epoch augments as the first run did
+            with sample_rng(self.seed, self.current_epoch, int(getattr(index, "index", index))):
+                image = self.image_transform(image)
         return image, int(sample["label"])

@@ -115,7 +115,6 @@ class GLNetModule(LightningModule):
         self.train_criterion = build_train_criterion(self.mixup_fn is not None, label_smoothing)
         self.ema = EmaWeights(ema_decay, ema_warmup) if ema_decay is not None else None
         self._init_weights_pending = init_weights is not None  # cleared once loaded or a checkpoint is restored
-        self._ema_step = -1
         self.optimizer_step_skipped = False  # set by NonFiniteLossGuard: keep the EMA out of a skipped step
         self.val_metrics = _accuracy_metrics(num_classes, "val/")
         self.val_ema_metrics = _accuracy_metrics(num_classes, "val_ema/")
@@ -158,11 +157,14 @@ class GLNetModule(LightningModule):
         self.load_init_weights()
 
     def configure_callbacks(self):
-        """The slot-map images belong to this module's recipe, so it brings their callback (unless the
-        Trainer already has one, configured by the user)."""
+        """The recipe's callbacks: the non-finite loss guard, exact resume and the slot-map images
+        (these two unless the Trainer already has one)."""
+        from .exact_resume import ExactResume
         from .slot_maps import SlotMapCallback
 
         callbacks = [self.nonfinite_guard]
+        if not any(isinstance(cb, ExactResume) for cb in self.trainer.callbacks):
+            callbacks.append(ExactResume())
         every = self.hparams.slot_map_every_n_epochs
         if every == 0 or any(isinstance(cb, SlotMapCallback) for cb in self.trainer.callbacks):
             return callbacks
@@ -220,7 +222,6 @@ class GLNetModule(LightningModule):
         self.load_init_weights()
         if self.ema is not None:
             self.ema.attach(self.model)
-        self._ema_step = self.trainer.global_step
 
     def on_train_start(self) -> None:
         # A resumed run keeps the checkpoint's lr curve (exact resume); say so if this run's settings
@@ -233,12 +234,12 @@ class GLNetModule(LightningModule):
                            f"give {planned}. To train on a new schedule, start from the checkpoint's weights with "
                            f"--model.init_weights CHECKPOINT (not --ckpt_path).")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # With gradient accumulation most batches do not step the optimizer; average only after steps.
-        step = self.trainer.global_step
-        if self.ema is not None and step > self._ema_step and not self.optimizer_step_skipped:
-            self.ema.update(self.model, step=step)
-        self._ema_step = step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: step checkpoints are written in the callbacks'
+        # on_train_batch_end, which runs before the module's, and must hold this step's average
+        if self.ema is not None and not self.optimizer_step_skipped:
+            self.ema.update(self.model, step=self.trainer.global_step)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: Any, metrics: MetricCollection, ema_metrics: MetricCollection, stage: str) -> None:

@@ -30,13 +30,18 @@ class RecordBatches(Callback):
 
 
 class MarkProgress(Callback):
-    """Writes the global step where training (re)started and, after every batch, the current step."""
+    """Writes the global step where training (re)started and, after every batch, the current step
+    (rank 0 only: the ranks share the run directory)."""
 
     def on_train_start(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
         with open(os.path.join(trainer.default_root_dir, "start-steps.txt"), "a") as handle:
             handle.write(f"{trainer.global_step}\n")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not trainer.is_global_zero:
+            return
         path = os.path.join(trainer.default_root_dir, "progress.txt")
         with open(path + ".tmp", "w") as handle:
             handle.write(str(trainer.global_step))

@@ -1,0 +1,79 @@
+"""A run resumed from a mid-epoch checkpoint continues as if it had never stopped.
+
+Why: Lightning saves the weights, optimizer, scheduler, step and (for stateful loaders such as
+torchdata's ``StatefulDataLoader`` and litdata's ``StreamingDataLoader``) rank 0's loader
+state. Three things are missing for an exact resume, and this callback adds them:
+
+- every process's random state (torch, ``random``, numpy, CUDA): drop path, Mixup/CutMix and,
+  with ``num_workers=0``, the augmentations draw from it. Saved per rank (gathered under DDP) and
+  put back just before the first resumed batch.
+- every rank's loader state, not only rank 0's: under DDP each rank has its own workers and
+  their random states.
+- the loader state itself: Lightning 2.6 builds the train loader before it reads the checkpoint
+  when ``configure_optimizers`` asks for ``estimated_stepping_batches`` (Lightning issue 20550),
+  and then never loads the saved state into it. It is loaded here, at ``on_train_start``, and
+  the loader's iterator is made again from it.
+
+A checkpoint from another number of processes resumes with a warning that the order and the
+random state cannot be the saved ones.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+
+from glnet_lightning.data.resumable import get_rng_states, set_rng_states
+
+__all__ = ["ExactResume"]
+
+
+def _gather(trainer, obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (this rank's alone outside DDP)."""
+    if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class ExactResume(Callback):
+    """Saves every rank's random and loader state in checkpoints; restores them when a fit resumes."""
+
+    def __init__(self) -> None:
+        self._to_restore: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        trainer = self._trainer
+        fit_loop = trainer.fit_loop
+        loaders = fit_loop._combined_loader._state_dicts() if fit_loop._combined_loader is not None else []
+        # all_gather_object pickles: tensors travel as CPU tensors and come back as such
+        return {"world_size": trainer.world_size, "ranks": _gather(trainer, {"rng": get_rng_states(), "loaders": loaders})}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._to_restore = state_dict
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._trainer = trainer  # state_dict() is called without the trainer
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        saved, self._to_restore = self._to_restore, None
+        fit_loop = trainer.fit_loop
+        if saved is None:
+            return
+        if saved["world_size"] != trainer.world_size:
+            rank_zero_warn(f"the checkpoint was written by {saved['world_size']} process(es), this run has "
+                           f"{trainer.world_size}: the data order and random state of the resumed run are new ones")
+            return
+        mine = saved["ranks"][trainer.global_rank]
+        if mine["loaders"] and fit_loop._combined_loader is not None:
+            for loader in fit_loop._combined_loader.flattened:  # the restored position is in this epoch's order
+                _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
+            fit_loop._combined_loader._load_state_dicts(mine["loaders"])
+            fit_loop._combined_loader_states_to_load = []
+            iter(fit_loop._data_fetcher)  # a new iterator, from the loaded state
+        set_rng_states({k: torch.as_tensor(v) for k, v in mine["rng"].items()})
