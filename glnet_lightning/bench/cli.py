@@ -6,15 +6,21 @@ only turns the command line into a :class:`BenchConfig` and errors into exit cod
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
+
+from glnet_lightning.models import layers
+from glnet_lightning.models.layers import CPU_CONV_PRECISIONS
 
 from .errors import BenchError
 from .report import render, to_record, write_json
 from .runner import BenchConfig, run_benchmark
 from .spec import parse_model_spec
 from .workload import MODES, PRECISIONS
+
+CONV_ENV = "GLNET_CPU_CONV_PRECISION"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true",
                         help="time torch.compile'd models too and report the speed-up over eager")
+    parser.add_argument("--conv-precision", choices=list(CPU_CONV_PRECISIONS), default="auto",
+                        help="GLNet's convolutions under CPU autocast: auto (bf16 where oneDNN has native kernels "
+                             "for this CPU, else float32), or force float32 / autocast")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -57,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         precision=args.precision, mode=args.mode,
         channels_last=args.channels_last, compile=args.compile, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, gemm_size=args.gemm_size,
-        probe_memory=not args.no_memory)
+        probe_memory=not args.no_memory, conv_precision=args.conv_precision)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help and on usage errors
         return exc.code if isinstance(exc.code, int) else 2
     previous_threads = torch.get_num_threads()
+    previous_conv = (layers._cpu_conv_precision, os.environ.get(CONV_ENV))
     try:
+        layers.set_cpu_conv_precision(args.conv_precision)
+        os.environ[CONV_ENV] = args.conv_precision  # the memory probe processes too
         if args.threads is not None:
             if args.threads < 1:
                 raise BenchError(f"--threads must be >= 1, got {args.threads}")
@@ -77,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"glnet bench: error: {exc}", file=sys.stderr)
         return 2
-    finally:  # main() may be called in-process (tests, notebooks): leave the thread count as found
+    finally:  # main() may be called in-process (tests, notebooks): leave threads and conv precision as found
         torch.set_num_threads(previous_threads)
+        layers.set_cpu_conv_precision(previous_conv[0])
+        if previous_conv[1] is None:
+            os.environ.pop(CONV_ENV, None)
+        else:
+            os.environ[CONV_ENV] = previous_conv[1]
     print(render(result))
     if args.json:
         write_json(args.json, to_record(result, argv))

@@ -10,6 +10,8 @@ from pathlib import Path
 import timm
 import torch
 
+from glnet_lightning.models import layers
+
 from .memory import CPU_METHOD, CUDA_METHOD
 from .runner import BenchResult, Row
 
@@ -38,6 +40,33 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+#: /proc/cpuinfo flags that decide which kernels run: vector width, native bf16 / fp16, AMX tiles.
+RELEVANT_CPU_FLAGS = ("avx2", "avx512f", "avx512_core", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                      "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def cpu_flags() -> list[str]:
+    """The :data:`RELEVANT_CPU_FLAGS` this CPU reports (empty where /proc/cpuinfo is not available)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((entry.split(":", 1)[1].split() for entry in cpuinfo if entry.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in RELEVANT_CPU_FLAGS if flag in flags]
+
+
+def cpu_conv_path(cfg) -> str:
+    """Which precision GLNet's convolutions ran in, and why (only CPU autocast has a choice)."""
+    if cfg.device.startswith("cuda") or cfg.precision == "fp32":
+        return "as the model's precision"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+    ran = str(layers.cpu_conv_dtype(dtype, cfg.conv_precision)).replace("torch.", "")
+    if cfg.conv_precision != "auto":
+        return f"{ran} (forced: --conv-precision {cfg.conv_precision})"
+    native = dtype in layers._NATIVE_CPU_CONV_DTYPES
+    return f"{ran} ({'native' if native else 'no native'} {cfg.precision} convolution in oneDNN on this CPU)"
 
 
 def device_name(device: str) -> str:
@@ -70,6 +99,8 @@ def header_lines(result: BenchResult) -> list[str]:
         f"device={cfg.device} ({device_name(cfg.device)}) threads={result.threads} "
         f"channels_last={'yes' if cfg.channels_last else 'no'} compile={'yes' if cfg.compile else 'no'} "
         f"torch={torch.__version__}",
+        f"cpu: {cpu_model()}; flags: {' '.join(cpu_flags()) or 'none of ' + '/'.join(RELEVANT_CPU_FLAGS[:3])}; "
+        f"torch cpu capability {torch.backends.cpu.get_cpu_capability()}; convs: {cpu_conv_path(cfg)}",
         f"GEMM peak: {result.gemm_peak.flops / 1e9:.1f} GFLOP/s at {cfg.precision}, best square matmul "
         f"(side {result.gemm_peak.size}; sides doubled up to {cfg.gemm_size}, median of 3 each)",
         f"im/s: median and min-max over {cfg.repeats} interleaved repeats after {cfg.warmup} warm-up; "
@@ -121,7 +152,9 @@ def to_record(result: BenchResult, argv: list[str]) -> dict:
         "timm_version": timm.__version__,
         "threads": result.threads,
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_model": cpu_model(), "device": device_name(cfg.device)},
+                    "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+                    "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "conv_path": cpu_conv_path(cfg), "device": device_name(cfg.device)},
         "settings": dataclasses.asdict(cfg),
         "gemm_peak": {"flops_per_s": result.gemm_peak.flops, "size": result.gemm_peak.size,
                       "max_size": cfg.gemm_size, "precision": cfg.precision},

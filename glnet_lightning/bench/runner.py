@@ -36,6 +36,7 @@ class BenchConfig:
     num_classes: int = 1000
     gemm_size: int = 2048
     probe_memory: bool = True
+    conv_precision: str = "auto"  # GLNet's convs under CPU autocast (models.layers.CPU_CONV_PRECISIONS)
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -21,6 +21,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from glnet_lightning.models.layers import channels_last_conv_weights
+
 from .ema import EmaWeights
 from .factory import create_backbone
 from .init_weights import INIT_WEIGHTS_KEYS, load_init_weights
@@ -218,6 +220,12 @@ class GLNetModule(LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
         return loss
 
+    def configure_model(self) -> None:
+        # GLNet's activations are channels_last, so conv weight gradients arrive channels_last; DDP's
+        # gradient buckets take the parameters' layout, and a mismatch costs a copy per parameter per
+        # step ("Grad strides do not match bucket view strides"). Same values, matching strides.
+        channels_last_conv_weights(self.model)
+
     def on_fit_start(self) -> None:
         self.load_init_weights()
         if self.ema is not None:
@@ -239,7 +247,8 @@ class GLNetModule(LightningModule):
         # here, not in on_train_batch_end: step checkpoints are written in the callbacks'
         # on_train_batch_end, which runs before the module's, and must hold this step's average
         if self.ema is not None and not self.optimizer_step_skipped:
-            self.ema.update(self.model, step=self.trainer.global_step)
+            # Lightning counts the step once this hook returns: this is optimizer step global_step + 1
+            self.ema.update(self.model, step=self.trainer.global_step + 1)
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate(self, batch: Any, metrics: MetricCollection, ema_metrics: MetricCollection, stage: str) -> None:

@@ -5,6 +5,7 @@ math lives in ``slot_attention.py`` and the blocks in ``blocks.py``.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -57,20 +58,66 @@ def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.
     return LayerScale(dim, init_value, channel_dim) if init_value else nn.Identity()
 
 
+#: How :class:`Conv2d` runs under CPU autocast: ``auto`` follows autocast where oneDNN has
+#: low-precision convolution kernels for this CPU (AVX512-core and up: AVX512-BF16, AMX) and runs
+#: float32 elsewhere; ``float32`` / ``autocast`` force one path. Environment variable
+#: ``GLNET_CPU_CONV_PRECISION`` or :func:`set_cpu_conv_precision`.
+CPU_CONV_PRECISIONS = ("auto", "float32", "autocast")
+
+
+def _native_cpu_conv_dtypes() -> frozenset:
+    """Low-precision dtypes oneDNN convolves natively on this CPU (asked once, at import)."""
+    try:
+        native = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                  torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported()}
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return frozenset()
+    return frozenset(dtype for dtype, ok in native.items() if ok)
+
+
+_NATIVE_CPU_CONV_DTYPES = _native_cpu_conv_dtypes()
+_cpu_conv_precision = "auto"
+
+
+def set_cpu_conv_precision(mode: str) -> None:
+    """Choose how convolutions run under CPU autocast (see :data:`CPU_CONV_PRECISIONS`)."""
+    global _cpu_conv_precision
+    if mode not in CPU_CONV_PRECISIONS:
+        raise ValueError(f"CPU conv precision must be one of {CPU_CONV_PRECISIONS}, got {mode!r}")
+    _cpu_conv_precision = mode
+
+
+def cpu_conv_dtype(autocast_dtype: torch.dtype, mode: str | None = None) -> torch.dtype:
+    """The dtype GLNet's convolutions run in under CPU autocast to ``autocast_dtype`` (``mode``: the
+    current setting unless given)."""
+    mode = _cpu_conv_precision if mode is None else mode
+    if mode == "autocast":
+        return autocast_dtype
+    if mode == "auto" and autocast_dtype in _NATIVE_CPU_CONV_DTYPES:
+        return autocast_dtype
+    return torch.float32
+
+
+set_cpu_conv_precision(os.environ.get("GLNET_CPU_CONV_PRECISION", "auto"))
+
+
 @register_notrace_module  # device, autocast and map size pick the kernel at run time: a leaf for torch.fx
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that runs in float32 under CPU autocast.
+    """``nn.Conv2d`` that runs in float32 under CPU autocast unless the CPU convolves bf16 natively.
 
-    CPUs without native bf16 (no AVX512-BF16/AMX) have no fast low-precision convolution: under
-    bf16 autocast PyTorch falls back to ``_slow_conv2d_forward``, one small kernel per group,
-    which made the depthwise convs 2/3 of GLNet's bf16 time on our 2-core test machine. The
-    convs here (stem, transitions, depthwise) are a small share of the FLOPs, so float32 costs
-    little; GEMMs still follow autocast. On CUDA nothing changes.
+    CPUs without native low-precision kernels (AVX2 only: no AVX512-core, AVX512-BF16 or AMX) have
+    no fast bf16 convolution: PyTorch falls back to ``_slow_conv2d_forward``, one small kernel per
+    group, which made the depthwise convs 2/3 of GLNet's bf16 time on a 2-core AVX2 machine. There
+    the convs (stem, transitions, depthwise; a small share of the FLOPs) run in float32 and the
+    GEMMs still follow autocast. Where oneDNN has bf16 kernels the convs follow autocast too (a
+    5x5 depthwise conv ran 1.9x, a 1x1 conv 4.3x faster in bf16 on an AVX512-BF16 host). The choice
+    is made at run time (:func:`cpu_conv_dtype`). On CUDA nothing changes.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript has no per-device autocast query
-            if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+                    and cpu_conv_dtype(torch.get_autocast_dtype("cpu")) == torch.float32:
                 with torch.autocast("cpu", enabled=False):
                     return self._conv(x.float())
         return self._conv(x)
@@ -91,7 +138,11 @@ class Conv2d(nn.Conv2d):
                 or kh % 2 == 0 or kw % 2 == 0:
             return self._conv_forward(x, self.weight, self.bias)  # super() is not scriptable
         ch, cw = max(0, kh // 2 - (h - 1)), max(0, kw // 2 - (w - 1))  # taps cropped from each side
-        weight = self.weight[:, :, ch:kh - ch, cw:kw - cw]
+        # as_strided, not a slice: its gradient keeps the weight's own strides (channels_last under
+        # training, see channels_last_conv_weights), where a slice's would come back contiguous
+        stride = self.weight.stride()
+        weight = self.weight.as_strided((self.weight.shape[0], self.weight.shape[1], kh - 2 * ch, kw - 2 * cw),
+                                        stride, self.weight.storage_offset() + ch * stride[2] + cw * stride[3])
         return F.conv2d(x, weight, self.bias, 1, (kh // 2 - ch, kw // 2 - cw), 1, self.groups)
 
 
@@ -108,6 +159,23 @@ class PointwiseConv(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+
+
+def channels_last_conv_weights(model: nn.Module) -> nn.Module:
+    """Give every convolution's weight the channels_last layout its gradient has (in place).
+
+    GLNet's maps are channels_last, so the weight gradients of its convolutions come back
+    channels_last; :class:`PointwiseConv` is a GEMM whose weight gradient is contiguous and keeps
+    its layout. DDP shapes its gradient buckets after the parameters, so a mismatch costs a copy per
+    parameter per step. Only strides change; values, names and state dicts stay the same.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and not isinstance(module, PointwiseConv):
+            weight = module.weight.data
+            # a new tensor, not .contiguous(): a (C, 1, k, k) depthwise weight counts as channels_last already,
+            # but its strides are the contiguous ones, and those are what DDP compares
+            module.weight.data = torch.empty_like(weight, memory_format=torch.channels_last).copy_(weight)
+    return model
 
 
 class ConvPosEnc(nn.Module):

@@ -80,3 +80,24 @@ def test_train_mode_counts_backward_macs(tmp_path, run_bench, tiny_args):
     row = json.loads(path.read_text())["results"][0]
     assert row["step_macs"] > 2 * row["macs"]
     assert row["memory"] is None
+
+
+def test_every_result_names_the_cpu_and_its_kernel_flags(two_models):
+    from glnet_lightning.bench.report import RELEVANT_CPU_FLAGS
+
+    record, out = two_models
+    machine = record["machine"]
+    cpuinfo = open("/proc/cpuinfo").read().split()
+    assert machine["cpu_flags"] == [flag for flag in RELEVANT_CPU_FLAGS if flag in cpuinfo]
+    assert machine["torch_cpu_capability"] and machine["conv_path"] == "as the model's precision"  # fp32 run
+    assert f"cpu: {machine['cpu_model']}; flags: " in out
+
+
+@pytest.mark.parametrize("conv, dtype", [("float32", "float32"), ("autocast", "bfloat16")])
+def test_bf16_run_says_which_conv_path_ran(conv, dtype, run_bench, tiny_args, tmp_path):
+    path = tmp_path / "out.json"
+    code, out, err = run_bench(["glnet_stl", "--img-size", "32", *tiny_args,
+                                "--precision", "bf16", "--conv-precision", conv, "--no-memory", "--json", str(path)])
+    assert code == 0, err
+    expected = f"convs: {dtype} (forced: --conv-precision {conv})"
+    assert expected in out and json.loads(path.read_text())["machine"]["conv_path"] == expected.split(": ", 1)[1]

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler, RandomSampler
+from torch.utils.data import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRandomSampler
 
 from glnet_lightning.data import DatasetLayoutError, ImageNetDataModule, UnreadableImageError, validate_layout
 from glnet_lightning.data.image_dataset import load_rgb
@@ -139,10 +141,11 @@ def test_randaugment_survives_zero_bit_posterize():
 
 
 # -- samplers --------------------------------------------------------------------------------------
-def test_single_process_uses_a_shuffled_loader(tree):
+def test_single_process_uses_a_shuffled_loader_that_saves_its_position(tree):
     dm = _module(tree)
     dm.setup("fit")
-    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    loader = dm.train_dataloader()
+    assert isinstance(loader, StatefulDataLoader) and isinstance(loader.sampler, StatefulRandomSampler)
 
 
 def test_ddp_uses_repeated_augmentation_sampler(tree):
@@ -165,7 +168,7 @@ def test_ddp_uses_repeated_augmentation_sampler(tree):
     dm_plain = _module(tree, repeated_aug=False)
     dm_plain.trainer = SimpleNamespace(world_size=2, global_rank=0)
     dm_plain.setup("fit")
-    assert isinstance(dm_plain.train_dataloader().sampler, RandomSampler)  # Lightning injects its own
+    assert isinstance(dm_plain.train_dataloader().sampler, StatefulRandomSampler)  # Lightning injects its own
 
 
 # -- layout errors ---------------------------------------------------------------------------------
