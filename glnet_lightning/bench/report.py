@@ -84,7 +84,7 @@ def _row_cells(row: Row, with_compile: bool) -> list[str]:
              f"{row.params / 1e6:.2f}", f"{row.macs / 1e9:.3f}", f"{row.ratio:.2f}",
              f"{100 * row.gemm_fraction:.1f}%"]
     if with_compile:
-        cells.append(_fmt(row.compile_speedup, ".2f", "x"))
+        cells += [_fmt(row.compile_speedup, ".2f", "x"), _fmt(row.compile_seconds, ".1f")]
     return cells
 
 
@@ -108,8 +108,9 @@ def header_lines(result: BenchResult) -> list[str]:
         f"GMACs: forward multiply-accumulates per image (FlopCounterMode FLOPs / 2); "
         f"GEMM%: 2*MACs*im/s / GEMM peak{train_note}",
         f"peak MB: {memory}" if cfg.probe_memory else "peak MB: not measured (--no-memory)",
-        *(["compile: figures are the torch.compile'd model's; compile = its im/s / eager im/s "
-           "(both timed in the same interleaved rounds)"] if cfg.compile else []),
+        *([f"compile: figures are the torch.compile'd model's (mode={cfg.compile_mode}); compile = its im/s / "
+           "eager im/s (both timed in the same interleaved rounds); compile s = its first call (tracing, "
+           "code generation and one step), before warm-up"] if cfg.compile else []),
         *(f"warning: {w}" for w in result.warnings),
     ]
 
@@ -118,7 +119,7 @@ def render(result: BenchResult) -> str:
     """The full text report: header, main table and, for several sizes, the scaling table."""
     with_compile = result.config.compile
     headers = ["model", "img", "im/s", "min-max", "ms/batch", "peak MB", "params M", "GMACs",
-               "ratio", "GEMM%"] + (["compile"] if with_compile else [])
+               "ratio", "GEMM%"] + (["compile", "compile s"] if with_compile else [])
     parts = ["\n".join(header_lines(result)), "",
              format_table(headers, [_row_cells(row, with_compile) for row in result.rows])]
     if result.scaling:

@@ -16,7 +16,7 @@ from .errors import BenchError
 from .flops import count_macs, count_params
 from .memory import MemoryFigure, MemoryJob, measure_memory
 from .spec import ModelSpec, build_model, check_model_names, register_project_models
-from .timing import GemmPeak, Throughput, gemm_peak, run_interleaved
+from .timing import GemmPeak, Throughput, gemm_peak, run_interleaved, time_call
 from .workload import MODES, check_precision, make_batch, make_step, prepare_model
 
 
@@ -31,6 +31,7 @@ class BenchConfig:
     mode: str = "infer"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile(mode=...) for every model alike
     warmup: int = 3
     repeats: int = 10
     num_classes: int = 1000
@@ -56,6 +57,7 @@ class Row:
     gemm_fraction: float = 0.0
     eager: Throughput | None = None
     compile_speedup: float | None = None
+    compile_seconds: float | None = None  # first call of the compiled step: tracing, codegen and one run
 
 
 @dataclass
@@ -144,8 +146,16 @@ def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
         model = prepare_model(build_model(spec, img_size, config.num_classes), config.mode, device,
                               config.channels_last)
         counts.append(_counts(model, spec, img_size, config.mode))
-        variants = [model, torch.compile(model)] if config.compile else [model]
+        variants = [model, torch.compile(model, mode=config.compile_mode)] if config.compile else [model]
         steps.extend(make_step(m, images, labels, config.mode, config.precision, device) for m in variants)
+    compile_seconds = {}
+    if config.compile:  # the first call compiles: timed on its own, outside warm-up and steady state
+        for index, spec in enumerate(config.specs):
+            _progress(f"compiling {spec.text} at {img_size}px ({config.mode}, mode={config.compile_mode})")
+            try:
+                compile_seconds[spec.text] = time_call(steps[2 * index + 1], device)
+            except Exception as exc:
+                raise BenchError(f"compiling {spec.text} at {img_size}px failed: {type(exc).__name__}: {exc}") from exc
     _progress(f"timing {len(config.specs)} model(s) at {img_size}px")
     try:
         times = run_interleaved(steps, config.warmup, config.repeats, device)
@@ -161,6 +171,7 @@ def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
         if compiled:
             row.eager = Throughput.from_times(eager_times, config.batch_size)
             row.compile_speedup = row.throughput.median / row.eager.median
+            row.compile_seconds = compile_seconds[spec.text]
         rows.append(row)
     return rows
 

@@ -44,6 +44,27 @@ def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
+#: What ``compile`` may pass to ``torch.compile``.
+COMPILE_OPTIONS = ("mode", "fullgraph", "dynamic", "backend", "options")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _compile_options(compile: bool | dict[str, Any]) -> dict[str, Any] | None:
+    """``compile`` as ``torch.compile`` keyword arguments, or None for eager; bad keys or modes fail now."""
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return {}
+    if not isinstance(compile, dict):
+        raise ValueError(f"compile must be true, false or a mapping of torch.compile options, got {compile!r}")
+    unknown = sorted(set(compile) - set(COMPILE_OPTIONS))
+    if unknown:
+        raise ValueError(f"compile: unknown torch.compile option(s) {unknown}; choose from {list(COMPILE_OPTIONS)}")
+    if compile.get("mode", "default") not in COMPILE_MODES:
+        raise ValueError(f"compile.mode={compile['mode']!r}: choose one of {list(COMPILE_MODES)}")
+    return dict(compile)
+
+
 def _images(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
@@ -74,6 +95,10 @@ class GLNetModule(LightningModule):
             see :meth:`load_init_weights`.
         init_weights_key: which weights of an ``init_weights`` file that has both: ``ema``, ``raw``, or
             ``auto`` (EMA when present).
+        compile: ``torch.compile`` the backbone for training and evaluation: ``true`` (defaults) or
+            options, e.g. ``{mode: max-autotune-no-cudagraphs}`` (keys: :data:`COMPILE_OPTIONS`).
+            Compiled in place, so checkpoints and the EMA are those of the eager model. Pays on GPUs;
+            on a CPU the first steps spend minutes compiling.
     """
 
     def __init__(
@@ -100,6 +125,7 @@ class GLNetModule(LightningModule):
         nonfinite_loss: str = "stop",
         init_weights: str | None = None,
         init_weights_key: str = "auto",
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0:
@@ -110,6 +136,7 @@ class GLNetModule(LightningModule):
             raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
         if init_weights_key not in INIT_WEIGHTS_KEYS:
             raise ValueError(f"init_weights_key={init_weights_key!r}: choose one of {list(INIT_WEIGHTS_KEYS)}")
+        self._compile_options = _compile_options(compile)
         self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss)  # validates the policy
         self.save_hyperparameters()
         self.model = create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
@@ -225,6 +252,9 @@ class GLNetModule(LightningModule):
         # gradient buckets take the parameters' layout, and a mismatch costs a copy per parameter per
         # step ("Grad strides do not match bucket view strides"). Same values, matching strides.
         channels_last_conv_weights(self.model)
+        # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy stay those of the eager model
+        if self._compile_options is not None and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile(**self._compile_options)
 
     def on_fit_start(self) -> None:
         self.load_init_weights()

@@ -101,3 +101,15 @@ def test_bf16_run_says_which_conv_path_ran(conv, dtype, run_bench, tiny_args, tm
     assert code == 0, err
     expected = f"convs: {dtype} (forced: --conv-precision {conv})"
     assert expected in out and json.loads(path.read_text())["machine"]["conv_path"] == expected.split(": ", 1)[1]
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_compiled_run_reports_compile_time_apart_from_speed(mode, run_bench, tiny_args, tmp_path):
+    path = tmp_path / "out.json"
+    code, out, err = run_bench(["resnet10t", "--img-size", "32", *tiny_args, "--mode", mode, "--compile",
+                                "--no-memory", "--json", str(path)])
+    assert code == 0, err
+    (row,) = json.loads(path.read_text())["results"]
+    assert row["compile_seconds"] > 0 and row["eager"]["median"] > 0 and row["throughput"]["median"] > 0
+    assert math.isclose(row["compile_speedup"], row["throughput"]["median"] / row["eager"]["median"])
+    assert "compile s" in out and f"compiling resnet10t at 32px ({mode}, mode=default)" in err

@@ -148,3 +148,26 @@ def test_validate_with_ema_checkpoint_reports_ema_metrics(tiny_kwargs, tmp_path,
         fresh, datamodule=data, ckpt_path=tmp_path / "m.ckpt", verbose=False)[0]
     assert metrics["val_ema/acc1"] == pytest.approx(trainer.callback_metrics["val_ema/acc1"].item())
     assert metrics["val/acc1"] == pytest.approx(trainer.callback_metrics["val/acc1"].item())
+
+
+def test_compile_option_compiles_the_backbone_in_place(tmp_path, data, make_trainer, tiny_kwargs):
+    """``compile`` reaches torch.compile (the eager backend: tracing without minutes of codegen), training
+    runs through the compiled forward, and checkpoints keep the eager model's parameter names."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    module = GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, warmup_epochs=0, ema_decay=0.5,
+                         slot_map_every_n_epochs=0, compile={"backend": "eager", "dynamic": False})
+    trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=data)
+    assert module.model._compiled_call_impl is not None
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    names = set(torch.load(tmp_path / "c.ckpt", weights_only=True)["state_dict"])
+    assert names == {f"model.{k}" for k in module.model.state_dict()} and not any("_orig_mod" in n for n in names)
+
+
+@pytest.mark.parametrize("compile, message", [({"mode": "fastest"}, "compile.mode='fastest'"),
+                                              ({"fullgrap": True}, "unknown torch.compile option")])
+def test_bad_compile_options_fail_at_construction(compile, message, tiny_kwargs):
+    with pytest.raises(ValueError, match=message):
+        GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, compile=compile)
