@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from glnet_lightning.analysis.checkpoints import model_kwargs_arg
+from glnet_lightning.cli.errors import UserError, parse_args, report
 
 __all__ = ["FORMATS", "MIN_SIDE", "ExportError", "StageOutputs", "check_format", "dynamic_shapes", "export_model",
            "load_exported", "verify_export", "within_tolerance", "main"]
@@ -39,7 +40,7 @@ TOLERANCE = 1e-4
 from eager only in float rounding."""
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export the user can fix (format, sizes, missing ONNX packages); shown as one error line."""
 
 
@@ -238,17 +239,14 @@ def main(argv: Sequence[str]) -> int:
     problem the user can fix (missing file, unknown format, bad sizes, missing ONNX packages)."""
     from glnet_lightning.analysis.checkpoints import CheckpointError
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:  # --help (0), a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # --help (0), a usage error (2)
+        return args
     try:
         _check_args(args)
         ok = run(args)
     except (ExportError, CheckpointError) as exc:
-        print(f"glnet export: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return report("glnet export", exc)
     if not ok:
         print(f"glnet export: error: {args.out} differs from the eager model by more than {TOLERANCE:g} "
               "x max(1, |output|)", file=sys.stderr)

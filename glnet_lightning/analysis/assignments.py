@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from glnet_lightning.cli.errors import UserError
 from glnet_lightning.lit.slot_maps import global_branches, record_assignments
 
 from .kmedoids import KMedoids, kmedoids, pairwise_distances
@@ -26,7 +27,7 @@ DEFAULT_BLOCKS = (2, 5, 10)
 _LEVELS = ("lower", "middle", "upper")
 
 
-class BlockError(ValueError):
+class BlockError(UserError, ValueError):
     """A block number that cannot be shown (not a positive integer, or a model without GLMix blocks)."""
 
 

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from glnet_lightning.cli.errors import UserError
+
 __all__ = ["CheckpointError", "LoadedModel", "Preprocess", "load_model", "model_kwargs_arg"]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, or cannot be turned into a model."""
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from glnet_lightning.cli.errors import UserError
+
 from .checkpoints import Preprocess
 
 __all__ = ["NamedImage", "ImageError", "load_images", "to_batch", "DEFAULT_IMAGES"]
@@ -21,7 +23,7 @@ __all__ = ["NamedImage", "ImageError", "load_images", "to_batch", "DEFAULT_IMAGE
 DEFAULT_IMAGES = ("skimage:astronaut", "skimage:chelsea", "skimage:coffee")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image that does not exist or cannot be decoded."""
 
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from glnet_lightning.cli.errors import parse_args, report
+
 from .assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
 from .checkpoints import CheckpointError, load_model, model_kwargs_arg
 from .images import DEFAULT_IMAGES, ImageError, load_images
@@ -75,22 +77,22 @@ def write_figures(args: argparse.Namespace) -> list[Path]:
 def main(argv: list[str]) -> int:
     """``glnet viz ARGS``: 0 when the figures are written, 2 for a problem the user can fix."""
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+
+    def check(args) -> None:
         if args.size is not None and args.size < 8:
             parser.error(f"--size {args.size} is too small (8 pixels at least)")
         if args.slots < 1:
             parser.error(f"--slots {args.slots}: show at least one representative slot")
-    except SystemExit as exc:  # --help (0), a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
+
+    args = parse_args(parser, argv, check)
+    if isinstance(args, int):  # --help (0), a usage error (2)
+        return args
     try:
         written = write_figures(args)
     except (CheckpointError, ImageError, BlockError) as exc:
-        print(f"glnet viz: error: {exc}", file=sys.stderr)
-        return 2
+        return report("glnet viz", exc)
     except ModuleNotFoundError as exc:  # matplotlib / scikit-image are the analysis extra, not core dependencies
-        print(f"glnet viz: error: {exc.name} is not installed: pip install 'glnet-lightning[analysis]'", file=sys.stderr)
-        return 2
+        return report("glnet viz", f"{exc.name} is not installed: pip install 'glnet-lightning[analysis]'")
     for path in written:
         print(path)
     return 0

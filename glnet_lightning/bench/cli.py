@@ -11,8 +11,10 @@ import sys
 
 import torch
 
+from glnet_lightning.cli.errors import parse_args, report
 from glnet_lightning.models import layers
 from glnet_lightning.models.layers import CPU_CONV_PRECISIONS
+
 
 from .errors import BenchError
 from .report import render, to_record, write_json
@@ -76,10 +78,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 on success, 2 for bad arguments or models."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help and on usage errors
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # --help (0), a usage error (2)
+        return args
     previous_threads = torch.get_num_threads()
     previous_conv = (layers._cpu_conv_precision, os.environ.get(CONV_ENV))
     try:
@@ -91,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         result = run_benchmark(config_from_args(args))
     except BenchError as exc:
-        print(f"glnet bench: error: {exc}", file=sys.stderr)
-        return 2
+        return report("glnet bench", exc)
     finally:  # main() may be called in-process (tests, notebooks): leave threads and conv precision as found
         torch.set_num_threads(previous_threads)
         layers.set_cpu_conv_precision(previous_conv[0])

@@ -22,11 +22,13 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 __all__ = ["ConfigEditError", "load_config", "parse_assignment", "parse_assignments", "set_dotted", "apply_edits",
            "find_relative"]
 
 
-class ConfigEditError(ValueError):
+class ConfigEditError(UserError, ValueError):
     """A config file or an edit that cannot be used; the message names the key or file at fault."""
 
 

@@ -53,6 +53,8 @@ from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
+from .errors import UserError
+
 __all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
            "check_run_config"]
 
@@ -79,7 +81,7 @@ _CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, 
 SIGTERM_EXIT_CODE = 128 + int(signal.SIGTERM)
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """A configuration the CLI cannot run; the message is meant to be shown as is, on one line."""
 
 

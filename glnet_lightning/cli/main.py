@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .errors import exit_code, report
+
 __all__ = ["main", "lightning_main", "COMMANDS", "Command"]
 
 TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -35,10 +37,9 @@ def run_lightning(subcommand: str | None, args: list[str], prog: str) -> int:
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             GLNetCLI(args=argv, parser_kwargs={"prog": prog})
     except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # --help, --print_config
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return report(prog, exc)
+    except SystemExit as exc:  # --help, --print_config, a usage error
+        return exit_code(exc)
     return 0
 
 

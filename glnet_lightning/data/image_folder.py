@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from glnet_lightning.cli.errors import UserError
+
 __all__ = [
     "IMG_EXTENSIONS",
     "DatasetLayoutError",
@@ -30,7 +32,7 @@ __all__ = [
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(UserError, ValueError):
     """The folder tree exists but does not have the expected ``split/<class>/<image>`` shape."""
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import sys
 from pathlib import Path
+
+from glnet_lightning.cli.errors import parse_args, report
 
 from .image_dataset import BAD_IMAGE_POLICIES, UnreadableImageError
 from .image_folder import DatasetLayoutError, validate_layout
@@ -78,8 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return report(PROG, message)
 
 
 def _existing_shards(output: str, splits: list[str]) -> list[str]:
@@ -102,11 +102,9 @@ def _carried_over(streaming, output: str, classes: list[str], written: list[str]
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else 2
+    args = parse_args(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2)
+        return args
     splits = list(dict.fromkeys(args.splits))
     try:
         layout = validate_layout(args.root.expanduser().resolve())

@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from glnet_lightning.cli.errors import UserError
+
 __all__ = ["InitWeightsError", "INIT_WEIGHTS_KEYS", "read_init_weights", "load_init_weights"]
 
 INIT_WEIGHTS_KEYS = ("auto", "ema", "raw")
@@ -25,7 +27,7 @@ _EMA_KEYS = ("ema_state_dict", "model_ema", "state_dict_ema")
 _RAW_KEYS = ("model", "state_dict")
 
 
-class InitWeightsError(ValueError):
+class InitWeightsError(UserError, ValueError):
     """An ``init_weights`` file that is missing, unreadable, or does not fit the model."""
 
 

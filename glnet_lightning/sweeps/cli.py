@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, parse_assignments
+from glnet_lightning.cli.config_edit import apply_edits, parse_assignments
+from glnet_lightning.cli.errors import UserError, parse_args, report
 
 from .grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
 from .sweep_file import load_sweep
@@ -45,13 +46,13 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 
 def _guard(run, argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     """Parse, run, and turn user-facing errors into one ``error:`` line and exit code 2."""
+    args = parse_args(parser, argv)
+    if isinstance(args, int):  # --help (0), a usage error (2)
+        return args
     try:
-        return run(parser.parse_args(argv))
-    except ConfigEditError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 0
+        return run(args)
+    except UserError as exc:
+        return report(parser.prog, exc)
 
 
 def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DEFAULT_FIT_COMMAND,

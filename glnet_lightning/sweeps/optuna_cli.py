@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from glnet_lightning.cli.errors import parse_args
+
 __all__ = ["optuna_main", "report_main", "build_optuna_parser", "build_report_parser"]
 
 
@@ -47,14 +49,6 @@ def build_report_parser(prog: str = "glnet sweep report") -> argparse.ArgumentPa
     return parser
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | int:
-    """Parsed arguments, or the exit code of ``--help`` / a usage error (callers return ints)."""
-    try:
-        return parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-
-
 def _quiet_optuna() -> None:
     import optuna
 
@@ -64,7 +58,7 @@ def _quiet_optuna() -> None:
 def optuna_main(argv: list[str] | None = None) -> int:
     """Run (or resume) a study: 0 when it ran (some trials may have failed), 1 when every trial of this
     run failed, 2 when the sweep cannot start (bad file or option, a config no trial could run)."""
-    args = _parse(build_optuna_parser(), argv)
+    args = parse_args(build_optuna_parser(), argv)
     if isinstance(args, int):
         return args
     from glnet_lightning.cli.config_edit import ConfigEditError, load_config, parse_assignments
@@ -128,7 +122,7 @@ def _error(message: object, prefix: str = "glnet sweep optuna: error: ", code: i
 
 def report_main(argv: list[str] | None = None) -> int:
     """Print the study's tables and write its HTML page."""
-    args = _parse(build_report_parser(), argv)
+    args = parse_args(build_report_parser(), argv)
     if isinstance(args, int):
         return args
     _quiet_optuna()

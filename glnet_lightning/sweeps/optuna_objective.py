@@ -5,8 +5,12 @@ inside the fit, and building the run through :class:`GLNetCLI` (``run=False``) g
 exactly what ``glnet fit --config <run_dir>/trial_config.yaml`` would: its own TensorBoard dir,
 ``config.yaml`` and ``checkpoints/{best,last}.ckpt`` under ``<runs_dir>/<study>/trial_NNNN``.
 
-A trial that raises (bad config, non-finite loss, out of memory...) records the error in its user
-attributes and is left to ``study.optimize(catch=...)`` to mark FAIL, so the study goes on.
+A trial that raises (bad config, out of memory, a non-finite training loss under the module's
+``nonfinite_loss`` policy...) records the error in its user attributes and is left to
+``study.optimize(catch=...)`` to mark FAIL, so the study goes on. A NaN/inf loss is the module's
+own guard's call (:class:`~glnet_lightning.lit.nonfinite.NonFiniteLossGuard`): ``stop`` fails the
+trial, ``skip`` trains on, exactly as in ``glnet fit``; the runner only refuses a non-finite
+objective value.
 """
 from __future__ import annotations
 
@@ -18,26 +22,16 @@ from typing import Any
 
 import optuna
 import yaml
-from lightning.pytorch.callbacks import Callback
 
 from glnet_lightning.cli.config_edit import apply_edits
 from .optuna_measure import image_size_of, measure_model
 from .optuna_sweep import OptunaSweep
 
-__all__ = ["NonFiniteLossError", "FiniteLossGuard", "TrialRunner"]
+__all__ = ["NonFiniteObjectiveError", "TrialRunner"]
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN/inf loss); the trial is recorded as failed."""
-
-
-class FiniteLossGuard(Callback):
-    """Stop a diverged trial at the first non-finite training loss instead of wasting its budget."""
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not bool(loss.detach().isfinite().all()):
-            raise NonFiniteLossError(f"non-finite training loss {loss.item()} at step {trainer.global_step}")
+class NonFiniteObjectiveError(RuntimeError):
+    """An objective came out NaN/inf; the trial is recorded as failed."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -120,7 +114,8 @@ class TrialRunner:
         self._record(trial, figures)
 
         pruning = self._pruning_callback(trial)
-        trainer.callbacks.extend([FiniteLossGuard(), *([pruning] if pruning else [])])
+        if pruning is not None:
+            trainer.callbacks.append(pruning)
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         if pruning is not None:
             trainer.callbacks.remove(pruning)
@@ -139,7 +134,7 @@ class TrialRunner:
             if value is None:
                 raise KeyError(f"objective {objective.name!r} was not logged; logged metrics: {sorted(metrics)}")
             if not math.isfinite(value):
-                raise NonFiniteLossError(f"objective {objective.name} is {value}")
+                raise NonFiniteObjectiveError(f"objective {objective.name} is {value}")
             values.append(float(value))
         return values if self.sweep.multi_objective else values[0]
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from glnet_lightning.cli.errors import UserError
+
 __all__ = ["Param", "SearchSpace", "SpaceError", "parse_space"]
 
 NUM_STAGES = 4
 
 
-class SpaceError(ValueError):
+class SpaceError(UserError, ValueError):
     """A search space that cannot be used; the message names the parameter."""
 
 

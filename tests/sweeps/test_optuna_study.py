@@ -158,3 +158,18 @@ def test_a_run_whose_trials_all_failed_exits_1_and_says_so(tmp_path, capsys):
     assert [t.state for t in load(tmp_path).trials] == [optuna.trial.TrialState.FAIL]
     err = capsys.readouterr().err
     assert "all 1 trial(s) of this run failed; trial 0:" in err and "perfect square" in err
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_diverging_trial_follows_the_modules_nonfinite_policy(policy, tmp_path):
+    """lr 1e30: the second step's loss is not finite. The trial reacts as ``glnet fit`` does, through the
+    module's one guard: ``stop`` fails it with the guard's message, ``skip`` skips the step and the trial
+    completes."""
+    path = sweep_file(tmp_path, {"num_slots": [4], "kernel_size": [5]})
+    code = run(path, "--n-trials", "1", "--set", "model.lr=1e30", "--set", f"model.nonfinite_loss={policy}")
+    (trial,) = load(tmp_path).trials
+    if policy == "stop":
+        assert code == 1 and trial.state == optuna.trial.TrialState.FAIL
+        assert trial.user_attrs["error"].startswith("TrainingDiverged: non-finite training loss")
+    else:
+        assert code == 0 and trial.state == optuna.trial.TrialState.COMPLETE

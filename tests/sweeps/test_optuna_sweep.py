@@ -1,19 +1,16 @@
 """Optuna sweep pieces that need no training: sweep files, search space, config edits, storage, report."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from glnet_lightning.sweeps.optuna_cli import optuna_main, report_main
 from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, parse_assignment as parse_set
-from glnet_lightning.sweeps.optuna_objective import FiniteLossGuard, NonFiniteLossError
 from glnet_lightning.sweeps.optuna_space import SpaceError, parse_space
 from glnet_lightning.sweeps.optuna_study import make_pruner, make_sampler, open_study
 from glnet_lightning.sweeps.optuna_sweep import OptunaSweepError, load_optuna_sweep
@@ -74,15 +71,6 @@ def test_bad_sweep_file_exits_2(tmp_path, capsys):
     path.write_text(yaml.safe_dump({"base": "b.yaml", "search_space": {"num_slots": [4]}, "typo": 1}))
     with pytest.raises(OptunaSweepError, match="typo"):
         load_optuna_sweep(path)
-
-
-def test_finite_loss_guard_fails_a_diverged_trial():
-    class FakeTrainer:
-        global_step = 7
-
-    FiniteLossGuard().on_train_batch_end(FakeTrainer(), None, {"loss": torch.tensor(1.0)}, None, 0)
-    with pytest.raises(NonFiniteLossError, match="step 7"):
-        FiniteLossGuard().on_train_batch_end(FakeTrainer(), None, {"loss": torch.tensor(math.nan)}, None, 0)
 
 
 def _sweep_file(tmp_path: Path, objectives: list[str]) -> Path:
