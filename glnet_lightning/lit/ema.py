@@ -14,7 +14,11 @@ from typing import Any
 from timm.utils import ModelEmaV3
 from torch import nn
 
-__all__ = ["EmaWeights"]
+__all__ = ["EMA_CHECKPOINT_KEY", "EmaWeights"]
+
+
+#: Where a Lightning checkpoint keeps the EMA weights (GLNetModule writes it; init_weights reads it).
+EMA_CHECKPOINT_KEY = "ema_state_dict"
 
 
 class EmaWeights:

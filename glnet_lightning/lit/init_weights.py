@@ -18,6 +18,8 @@ from torch import nn
 
 from glnet_lightning.cli.errors import UserError
 
+from .ema import EMA_CHECKPOINT_KEY
+
 __all__ = ["InitWeightsError", "INIT_WEIGHTS_KEYS", "read_init_weights", "load_init_weights"]
 
 INIT_WEIGHTS_KEYS = ("auto", "ema", "raw")
@@ -32,8 +34,6 @@ class InitWeightsError(UserError, ValueError):
 
 
 def _lightning_weights(checkpoint: Mapping[str, Any], key: str, path: Path) -> tuple[dict[str, Any], str]:
-    from .module import EMA_CHECKPOINT_KEY
-
     ema = checkpoint.get(EMA_CHECKPOINT_KEY)
     if key == "ema" and ema is None:
         raise InitWeightsError(f"init_weights {path} has no EMA weights (its run trained without ema_decay); "

@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from glnet_lightning.models.layers import channels_last_conv_weights
 
-from .ema import EmaWeights
+from .ema import EMA_CHECKPOINT_KEY, EmaWeights
 from .factory import create_backbone
 from .init_weights import INIT_WEIGHTS_KEYS, load_init_weights
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
@@ -33,7 +33,6 @@ from .schedule import WarmupCosine, scale_lr
 
 __all__ = ["GLNetModule"]
 
-EMA_CHECKPOINT_KEY = "ema_state_dict"
 
 
 def _accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:

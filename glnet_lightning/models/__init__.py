@@ -1,7 +1,7 @@
 """GLNet models: the configurable architecture, its strategies, timm registration and the
 bridge to the reference implementation's arguments and checkpoints."""
-from .glnet import GLNet, GLNetStage, checkpoint_filter_fn
-from .official import convert_official_state_dict, glnet_from_official_kwargs, unwrap_state_dict
+from .glnet import GLNet, GLNetStage, checkpoint_filter_fn, glnet_from_official_kwargs
+from .official import convert_official_state_dict, unwrap_state_dict
 from .strategies import (
     DWConvLocal,
     GLMixConfig,

@@ -23,9 +23,11 @@ from torch import nn
 
 from .blocks import BLOCK_TYPES, GLMixBlock
 from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting
+from .official import (check_fits, convert_official_state_dict, is_official_state_dict, official_kwargs_to_ours,
+                       unwrap_state_dict)
 from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal
 
-__all__ = ["GLNet", "GLNetStage", "checkpoint_filter_fn"]
+__all__ = ["GLNet", "GLNetStage", "checkpoint_filter_fn", "glnet_from_official_kwargs"]
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list:
@@ -318,10 +320,13 @@ class GLNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def glnet_from_official_kwargs(**official_kwargs: Any) -> GLNet:
+    """Build the GLNet that the reference constructor builds for these keyword arguments."""
+    return GLNet(**official_kwargs_to_ours(**official_kwargs))
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet) -> dict[str, torch.Tensor]:
     """Accept our own state dicts and the published reference checkpoints (converted by name)."""
-    from .official import check_fits, convert_official_state_dict, is_official_state_dict, unwrap_state_dict
-
     state_dict = unwrap_state_dict(state_dict)
     if is_official_state_dict(state_dict):
         state_dict = convert_official_state_dict(state_dict)

@@ -12,8 +12,6 @@ from typing import Any, Mapping
 
 import torch
 
-from .glnet import GLNet
-
 # reference constructor argument -> ours (value converters below)
 _KWARG_NAMES = {
     "depth": "depths", "embed_dim": "dims", "mlp_ratios": "mlp_ratios", "head_dim": "head_dim",
@@ -30,8 +28,9 @@ _KWARG_VALUES = {
 }
 
 
-def glnet_from_official_kwargs(**official_kwargs: Any) -> GLNet:
-    """Build the GLNet that the reference constructor builds for these keyword arguments."""
+def official_kwargs_to_ours(**official_kwargs: Any) -> dict[str, Any]:
+    """Our ``GLNet`` keyword arguments for the reference constructor's (``glnet.glnet_from_official_kwargs``
+    builds the model; this module only translates, so it needs nothing from the model code)."""
     unknown = sorted(set(official_kwargs) - set(_KWARG_NAMES))
     if unknown:
         raise ValueError(f"unsupported reference argument(s) {unknown}; known: {sorted(_KWARG_NAMES)}")
@@ -47,7 +46,7 @@ def glnet_from_official_kwargs(**official_kwargs: Any) -> GLNet:
     if ours.get("layer_scale") is not None and ours["layer_scale"] < 0:
         ours["layer_scale"] = None
     ours.setdefault("stem", "patch")
-    return GLNet(**ours)
+    return ours
 
 
 _BLOCK_RULES = [

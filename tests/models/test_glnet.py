@@ -115,3 +115,42 @@ def test_every_named_model_compiles_with_fullgraph(name, fresh_dynamo):
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_the_package_has_no_import_cycles():
+    """Module-level and function-level imports alike: a cycle (models/glnet.py <-> models/official.py
+    once) makes import order matter and hides which module owns what."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "glnet_lightning"
+    modules = {".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+                names = [f"{target}.{alias.name}" for alias in node.names]
+                deps |= {n for n in [target, *names] if n in modules and n != name}
+            elif isinstance(node, ast.Import):
+                deps |= {alias.name for alias in node.names if alias.name in modules}
+        graph[name] = {d for d in deps if not name.startswith(d + ".") and d != "glnet_lightning"}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    return path + [start]
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, path + [dep]))
+        return None
+
+    cycles = {tuple(c) for c in map(cycle_from, graph) if c}
+    assert not cycles, f"import cycles: {sorted(cycles)[:5]}"
