@@ -23,6 +23,13 @@ def is_exporting() -> bool:
     return False
 
 
+def is_compiling() -> bool:
+    """``torch.compiler.is_compiling()`` (dynamo, torch.export), False in TorchScript."""
+    if not torch.jit.is_scripting():
+        return torch.compiler.is_compiling()
+    return False
+
+
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channel dim of an NCHW tensor.
 
@@ -138,11 +145,14 @@ class Conv2d(nn.Conv2d):
                 or kh % 2 == 0 or kw % 2 == 0:
             return self._conv_forward(x, self.weight, self.bias)  # super() is not scriptable
         ch, cw = max(0, kh // 2 - (h - 1)), max(0, kw // 2 - (w - 1))  # taps cropped from each side
-        # as_strided, not a slice: its gradient keeps the weight's own strides (channels_last under
-        # training, see channels_last_conv_weights), where a slice's would come back contiguous
-        stride = self.weight.stride()
-        weight = self.weight.as_strided((self.weight.shape[0], self.weight.shape[1], kh - 2 * ch, kw - 2 * cw),
-                                        stride, self.weight.storage_offset() + ch * stride[2] + cw * stride[3])
+        if is_compiling():  # dynamo cannot trace storage_offset(); compiled code lays out its gradients itself
+            weight = self.weight[:, :, ch:kh - ch, cw:kw - cw]
+        else:
+            # as_strided, not a slice: its gradient keeps the weight's own strides (channels_last under
+            # training, see channels_last_conv_weights), where a slice's would come back contiguous
+            stride = self.weight.stride()
+            weight = self.weight.as_strided((self.weight.shape[0], self.weight.shape[1], kh - 2 * ch, kw - 2 * cw),
+                                            stride, self.weight.storage_offset() + ch * stride[2] + cw * stride[3])
         return F.conv2d(x, weight, self.bias, 1, (kh // 2 - ch, kw // 2 - cw), 1, self.groups)
 
 
