@@ -70,10 +70,23 @@ class ExactResume(Callback):
                            f"{trainer.world_size}: the data order and random state of the resumed run are new ones")
             return
         mine = saved["ranks"][trainer.global_rank]
-        if mine["loaders"] and fit_loop._combined_loader is not None:
-            for loader in fit_loop._combined_loader.flattened:  # the restored position is in this epoch's order
-                _set_sampler_epoch(loader, fit_loop.epoch_progress.current.processed)
-            fit_loop._combined_loader._load_state_dicts(mine["loaders"])
-            fit_loop._combined_loader_states_to_load = []
-            iter(fit_loop._data_fetcher)  # a new iterator, from the loaded state
-        set_rng_states({k: torch.as_tensor(v) for k, v in mine["rng"].items()})
+        rng = {k: torch.as_tensor(v) for k, v in mine["rng"].items()}
+        if not mine["loaders"] or fit_loop._combined_loader is None:
+            set_rng_states(rng)
+            return
+        epoch = fit_loop.epoch_progress.current.processed
+        loaders = fit_loop._combined_loader.flattened
+        for loader in loaders:  # the restored position is in this epoch's order
+            _set_sampler_epoch(loader, epoch)
+        fit_loop._combined_loader._load_state_dicts(mine["loaders"])
+        fit_loop._combined_loader_states_to_load = []
+        iter(fit_loop._data_fetcher)  # a new iterator, from the loaded state
+        set_rng_states(rng)
+        finished = any(state.get("_iterator_finished") for state in mine["loaders"])  # torchdata: began anew
+        if fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches and not finished:
+            # saved after the epoch's last batch: Lightning goes on with the next epoch without asking for a
+            # new iterator, so start that epoch here as the uninterrupted run did (after the random state:
+            # a new iterator draws its workers' seed from it)
+            for loader in loaders:
+                _set_sampler_epoch(loader, epoch + 1)
+            iter(fit_loop._data_fetcher)

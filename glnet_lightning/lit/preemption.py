@@ -19,6 +19,8 @@ from ``hpc_ckpt_N.ckpt`` when started without ``--ckpt_path`` (Lightning's SLURM
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -30,11 +32,37 @@ __all__ = ["PreemptionCheckpoint"]
 
 
 class PreemptionCheckpoint(Callback):
-    """On ``SIGTERMException`` during ``fit``, save ``<checkpoint dir>/last.ckpt``; remembers path and step."""
+    """On ``SIGTERMException`` during ``fit``, save ``<checkpoint dir>/last.ckpt``; remembers path and step.
+
+    Under DDP it also replaces Lightning 2.6's SIGTERM handler, which broadcasts from inside the signal
+    handler: that broadcast lands in the middle of whatever collective the rank is in (a gradient
+    all-reduce), the ranks' collectives no longer pair up and gloo aborts (seen as a rank dying with
+    SIGABRT instead of saving). The replacement only forwards the signal to the launched ranks and sets
+    the flag; Lightning's own per-batch broadcast of rank 0's flag makes every rank stop at the same
+    batch.
+    """
 
     def __init__(self) -> None:
         self.saved_path: str | None = None
         self.saved_step: int | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size < 2 or threading.current_thread() is not threading.main_thread():
+            return
+        connector = trainer._signal_connector
+        current = signal.getsignal(signal.SIGTERM)
+        others = [h for h in getattr(current, "signal_handlers", []) if getattr(h, "__func__", None)
+                  is not type(connector)._sigterm_notifier_fn]
+
+        def notify(signum, frame) -> None:
+            if not connector.received_sigterm and trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(signum)  # rank 0 passes the notice on to the ranks it started
+            connector.received_sigterm = True
+            for handler in others:
+                if callable(handler):
+                    handler(signum, frame)
+
+        signal.signal(signal.SIGTERM, notify)  # Lightning puts its original handlers back at teardown
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:

@@ -1,9 +1,9 @@
 """A pre-empted run resumes to the weights the uninterrupted run ends with, bit for bit.
 
-Each data path trains the same short run three ways, as ``glnet fit`` subprocesses: left alone;
+Each data path trains the same short run four ways, as ``glnet fit`` subprocesses: left alone;
 stopped by SIGTERM between checkpoints (the project saves ``last.ckpt`` and exits 143) and
 resumed with ``--ckpt_path last``; SIGKILLed after a step checkpoint (``last_every_n_steps``)
-and resumed from it. Random crops, flips, RandAugment, random erasing, drop path, Mixup/CutMix,
+and resumed from it; SIGKILLed after the checkpoint at the end of an epoch and resumed. Random crops, flips, RandAugment, random erasing, drop path, Mixup/CutMix,
 EMA and mid-epoch validation all run, so every random stream and every piece of loop state has
 to continue where it stopped. The final ``last.ckpt`` of the resumed runs must equal the
 uninterrupted one: weights, optimizer, scheduler, EMA and step.
@@ -135,9 +135,11 @@ def assert_same_batches(reference: Path, resumed: Path, world_size: int) -> None
             assert all(torch.equal(a, b) for a, b in zip(ref[key][tail:], got[key])), f"rank {rank}: {key} differ"
 
 
-def check_resumes_exactly(console, env, make_args, tmp_path: Path, sigterm_at: int, world_size: int = 1) -> None:
-    """Left alone vs SIGTERM at ``sigterm_at`` + resume vs SIGKILL after the step-4 checkpoint + resume
-    (validation, which writes ``last.ckpt`` too, runs at half of each epoch: step 6 and later)."""
+def check_resumes_exactly(console, env, make_args, tmp_path: Path, sigterm_at: int, world_size: int = 1,
+                          steps_per_epoch: int | None = 12) -> None:
+    """Left alone vs SIGTERM at ``sigterm_at`` + resume vs SIGKILL after the step-4 checkpoint + resume vs
+    SIGKILL after the checkpoint at the end of the first epoch + resume (validation, which writes
+    ``last.ckpt`` too, runs at half and at the end of each epoch: step 6 and later)."""
     reference = tmp_path / "reference"
     log = _fit(console, env, make_args(reference))
     # DDP: parameters in the layout their gradients arrive in (no copy into the buckets every step)
@@ -159,6 +161,15 @@ def check_resumes_exactly(console, env, make_args, tmp_path: Path, sigterm_at: i
     assert_same_batches(reference, killed, world_size)
     starts = [int(s) for s in (killed / "start-steps.txt").read_text().split()]
     assert starts == [0, STEP_CHECKPOINT_EVERY]
+
+    if steps_per_epoch is None:
+        return
+    at_epoch_end = tmp_path / "epoch_end"  # the resumed run begins with a new epoch's order and augmentations
+    _interrupt(console, env, make_args(at_epoch_end), at_epoch_end, steps_per_epoch + 1, signal.SIGKILL)
+    assert _final(at_epoch_end)["global_step"] == steps_per_epoch
+    _fit(console, env, [*make_args(at_epoch_end), "--ckpt_path", "last"])
+    assert_same_final_state(reference, at_epoch_end)
+    assert_same_batches(reference, at_epoch_end, world_size)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -193,7 +204,9 @@ def test_ddp_with_repeated_augmentation_resumes_to_the_same_weights(imagenet_tre
     source = ["--data.root", str(imagenet_tree)]
     check_resumes_exactly(console, subprocess_env(),
                           lambda run: imagenet_args(run, source, cpu_overrides, fit_args, devices=2),
-                          tmp_path, sigterm_at=9, world_size=2)
+                          # not yet exact from a checkpoint at the very end of an epoch under DDP (the next
+                          # epoch's repeated-aug order differs): docs/reliability.md
+                          tmp_path, sigterm_at=9, world_size=2, steps_per_epoch=None)
 
 
 def test_an_interrupted_ablation_variant_resumes_to_the_same_weights(fashion_mnist, console, subprocess_env, tmp_path):
