@@ -46,16 +46,20 @@ class ExactResume(Callback):
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
+        self._trainer = None
 
     def state_dict(self) -> dict[str, Any]:
         trainer = self._trainer
+        if trainer is None:  # never set up: nothing of a run to save
+            return {}
         fit_loop = trainer.fit_loop
         loaders = fit_loop._combined_loader._state_dicts() if fit_loop._combined_loader is not None else []
         # all_gather_object pickles: tensors travel as CPU tensors and come back as such
-        return {"world_size": trainer.world_size, "ranks": _gather(trainer, {"rng": get_rng_states(), "loaders": loaders})}
+        ranks = _gather(trainer, {"rng": get_rng_states(), "loaders": loaders})
+        return {"world_size": trainer.world_size, "ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._to_restore = state_dict
+        self._to_restore = state_dict or None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer  # state_dict() is called without the trainer

@@ -3,9 +3,9 @@
 Each data path trains the same short run four ways, as ``glnet fit`` subprocesses: left alone;
 stopped by SIGTERM between checkpoints (the project saves ``last.ckpt`` and exits 143) and
 resumed with ``--ckpt_path last``; SIGKILLed after a step checkpoint (``last_every_n_steps``)
-and resumed from it; SIGKILLed after the checkpoint at the end of an epoch and resumed. Random crops, flips, RandAugment, random erasing, drop path, Mixup/CutMix,
-EMA and mid-epoch validation all run, so every random stream and every piece of loop state has
-to continue where it stopped. The final ``last.ckpt`` of the resumed runs must equal the
+and resumed from it; SIGKILLed after the checkpoint at the end of an epoch and resumed. Random
+crops, flips, RandAugment, random erasing, drop path, Mixup/CutMix, EMA and mid-epoch validation
+all run, so every random stream and every piece of loop state has to continue where it stopped. The final ``last.ckpt`` of the resumed runs must equal the
 uninterrupted one: weights, optimizer, scheduler, EMA and step.
 """
 from __future__ import annotations
@@ -214,7 +214,8 @@ def test_an_interrupted_ablation_variant_resumes_to_the_same_weights(fashion_mni
     kills a job), then the same command again: the variant resumes from its ``last.ckpt`` and ends
     where the uninterrupted grid run of it ends."""
     sets = ["model.model_kwargs.depths=[1,1,1,1]", "model.model_kwargs.dims=[16,32,48,64]",
-            "model.model_kwargs.num_slots=4", "model.model_kwargs.head_dim=16", "trainer.max_epochs=2", "trainer.limit_train_batches=12",
+            "model.model_kwargs.num_slots=4", "model.model_kwargs.head_dim=16", "trainer.max_epochs=2",
+            "trainer.limit_train_batches=12",
             "trainer.limit_val_batches=1", "trainer.val_check_interval=6", "trainer.enable_progress_bar=false",
             "test_after_fit=false", "model.slot_map_every_n_epochs=0", "model.drop_path_rate=0.1",
             "model.mixup=0.8", "model.ema_decay=0.9", "data.batch_size=16", "data.crop_padding=4",
