@@ -13,6 +13,7 @@ import torch
 
 from glnet_lightning.cli.errors import parse_args, report
 from glnet_lightning.models import layers
+from glnet_lightning.models.layers import CPU_CONV_PRECISION_ENV as CONV_ENV
 from glnet_lightning.models.layers import CPU_CONV_PRECISIONS
 
 
@@ -21,8 +22,6 @@ from .report import render, to_record, write_json
 from .runner import BenchConfig, run_benchmark
 from .spec import parse_model_spec
 from .workload import MODES, PRECISIONS
-
-CONV_ENV = "GLNET_CPU_CONV_PRECISION"
 
 
 def build_parser() -> argparse.ArgumentParser:

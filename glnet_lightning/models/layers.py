@@ -70,6 +70,7 @@ def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.
 #: float32 elsewhere; ``float32`` / ``autocast`` force one path. Environment variable
 #: ``GLNET_CPU_CONV_PRECISION`` or :func:`set_cpu_conv_precision`.
 CPU_CONV_PRECISIONS = ("auto", "float32", "autocast")
+CPU_CONV_PRECISION_ENV = "GLNET_CPU_CONV_PRECISION"
 
 
 def _native_cpu_conv_dtypes() -> frozenset:
@@ -105,7 +106,7 @@ def cpu_conv_dtype(autocast_dtype: torch.dtype, mode: str | None = None) -> torc
     return torch.float32
 
 
-set_cpu_conv_precision(os.environ.get("GLNET_CPU_CONV_PRECISION", "auto"))
+set_cpu_conv_precision(os.environ.get(CPU_CONV_PRECISION_ENV, "auto"))
 
 
 @register_notrace_module  # device, autocast and map size pick the kernel at run time: a leaf for torch.fx
