@@ -87,14 +87,18 @@ def check_format(fmt: str) -> None:
 
 def export_model(model: nn.Module, fmt: str, out: str | Path, height: int, width: int, batch: int = 2,
                  fixed_size: bool = False) -> Path:
-    """Export ``model`` (eval mode) traced at ``batch`` x C x ``height`` x ``width`` and write ``out``.
+    """Export ``model`` (eval mode, contiguous weights: both set in place) traced at ``batch`` x C x
+    ``height`` x ``width`` and write ``out``.
 
     The batch is traced with at least 2 images: an example of 1 would pin the dynamic batch to 1.
     """
     check_format(fmt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    # contiguous weights: a module from a training checkpoint has channels_last conv weights
+    # (GLNetModule.configure_model), which make every map channels_last and give the dynamic
+    # height/width stride guards that torch.export cannot prove; the layout changes no value
+    model = model.eval().to(memory_format=torch.contiguous_format)
     example = torch.randn(max(batch, 2), _in_chans(model), height, width)
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(height, width, fixed_size))
