@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from glnet_lightning.cli.errors import UserError
+from glnet_lightning.lit.checkpoint_io import read_checkpoint
 
 __all__ = ["CheckpointError", "LoadedModel", "Preprocess", "load_model", "model_kwargs_arg"]
 
@@ -130,14 +130,7 @@ def load_model(path: str | Path, model_name: str | None = None, model_kwargs: di
     in "EMA" then) and a state dict as it is.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint or state dict")
+    checkpoint = read_checkpoint(path, CheckpointError)
     if "hyper_parameters" in checkpoint and "state_dict" in checkpoint:
         if model_name is not None or model_kwargs:
             raise CheckpointError(f"{path} is a Lightning checkpoint: it names its own model; drop the model name")

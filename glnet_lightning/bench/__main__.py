@@ -1,4 +1,4 @@
-"""``python -m glnet_lightning.bench`` -- same as ``glnet bench`` before the CLI is wired."""
+"""``python -m glnet_lightning.bench``: the same command as ``glnet bench``."""
 import sys
 
 from .cli import main

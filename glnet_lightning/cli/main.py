@@ -17,9 +17,6 @@ from .errors import exit_code, report
 
 __all__ = ["main", "lightning_main", "COMMANDS", "Command"]
 
-TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
-
-
 @dataclass(frozen=True)
 class Command:
     help: str

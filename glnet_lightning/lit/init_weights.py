@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from glnet_lightning.cli.errors import UserError
 
+from .checkpoint_io import read_checkpoint
 from .ema import EMA_CHECKPOINT_KEY
 
 __all__ = ["InitWeightsError", "INIT_WEIGHTS_KEYS", "read_init_weights", "load_init_weights"]
@@ -53,14 +53,7 @@ def read_init_weights(path: str | Path, key: str = "auto") -> tuple[dict[str, An
     if key not in INIT_WEIGHTS_KEYS:
         raise InitWeightsError(f"init_weights_key={key!r}: choose one of {list(INIT_WEIGHTS_KEYS)}")
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise InitWeightsError(f"init_weights file {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise InitWeightsError(f"cannot read init_weights {path}: {exc}") from exc
-    if not isinstance(checkpoint, Mapping):
-        raise InitWeightsError(f"init_weights {path} holds a {type(checkpoint).__name__}, not a state dict")
+    checkpoint = read_checkpoint(path, InitWeightsError, "init_weights file")
     if "state_dict" in checkpoint and "hyper_parameters" in checkpoint:
         return _lightning_weights(checkpoint, key, path)
     order = {"auto": _EMA_KEYS + _RAW_KEYS, "ema": _EMA_KEYS, "raw": _RAW_KEYS}[key]
