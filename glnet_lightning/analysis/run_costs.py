@@ -1,9 +1,9 @@
 """Parameters, GMACs and CPU throughput of each run's model, rebuilt from its checkpoint.
 
 Why measured per run: runs of a sweep differ in slots, kernels or branches, and the trade-off the
-paper reports (accuracy against speed) must be re-checked on the models actually trained, with the
-benchmark's timing loop (``sweeps.optuna_measure.measure_model``). Only the architecture is
-rebuilt (from the checkpoint's hyper-parameters); the weights do not change the cost.
+paper reports (accuracy against speed) must be re-checked on the models actually trained, by the
+project's one cost protocol (``bench.cost.measure_cost``). Only the architecture is rebuilt (from
+the checkpoint's hyper-parameters); the weights do not change the cost.
 """
 from __future__ import annotations
 
@@ -27,25 +27,26 @@ def run_checkpoint(run_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def measure_run(checkpoint: Path, throughput: bool = True, batch_size: int = 16, repeats: int = 3) -> dict[str, float]:
-    """``params_m``, ``gmacs`` (and ``throughput`` im/s) of the model a ``fit`` checkpoint describes."""
+def measure_run(checkpoint: Path, throughput: bool = True, **protocol: int) -> dict[str, float]:
+    """``params_m``, ``gmacs`` (and ``throughput`` im/s) of the model a ``fit`` checkpoint describes
+    (``protocol``: ``batch_size`` / ``warmup`` / ``repeats`` of :func:`~glnet_lightning.bench.cost.measure_cost`)."""
+    from glnet_lightning.bench.cost import measure_cost
     from glnet_lightning.lit.factory import create_backbone
-    from glnet_lightning.sweeps.optuna_measure import measure_model
 
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     hp = saved["hyper_parameters"]
     size = int((saved.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
     model = create_backbone(hp["model_name"], hp.get("model_kwargs"), int(hp["num_classes"]), 0.0)
-    figures = measure_model(model, size, batch_size=batch_size, repeats=repeats, warmup=1, throughput=throughput)
+    figures = measure_cost(model, size, throughput=throughput, **protocol).figures()
     figures.pop("ms_per_batch", None)
     return {**figures, "image_size": float(size)}
 
 
-def measure_runs(runs: dict[str, Path], throughput: bool = True, **options) -> pd.DataFrame:
+def measure_runs(runs: dict[str, Path], throughput: bool = True, **protocol: int) -> pd.DataFrame:
     """One row per run with a checkpoint (index = run name): params_m, gmacs, throughput, image_size."""
     rows = {}
     for name, folder in runs.items():
         checkpoint = run_checkpoint(folder)
         if checkpoint is not None:
-            rows[name] = measure_run(checkpoint, throughput=throughput, **options)
+            rows[name] = measure_run(checkpoint, throughput=throughput, **protocol)
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -1,11 +1,14 @@
 """Benchmarking of GLNet and any timm model: throughput, memory, MACs, GEMM utilisation.
 
 ``count_macs`` / ``count_params`` are the project's FLOP and size counters and
-are meant to be reused by other tools; ``main`` backs ``glnet bench``.
+``measure_cost`` the one protocol other tools measure a model's cost with
+(params, MACs, images/s); ``main`` backs ``glnet bench``.
 """
 from .cli import main
+from .cost import ModelCost, measure_cost
 from .errors import BenchError
 from .flops import count_macs, count_params
 from .runner import BenchConfig, BenchResult, run_benchmark
 
-__all__ = ["BenchConfig", "BenchError", "BenchResult", "count_macs", "count_params", "main", "run_benchmark"]
+__all__ = ["BenchConfig", "BenchError", "BenchResult", "ModelCost", "count_macs", "count_params", "main",
+           "measure_cost", "run_benchmark"]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import BenchError
-from .spec import ModelSpec, build_model, register_project_models
+from .spec import ModelSpec, build_model
 from .workload import make_batch, make_step, prepare_model
 
 CPU_METHOD = ("peak RSS growth (VmHWM) of a fresh process over its RSS before the model was built, "
@@ -115,7 +115,6 @@ class _CudaMeter:
 
 def _measure(job: MemoryJob) -> MemoryFigure:
     torch.set_num_threads(job.threads)
-    register_project_models()
     device = torch.device(job.device)
     meter = _CudaMeter() if device.type == "cuda" else _CpuMeter()
     model = prepare_model(build_model(job.spec, job.img_size, job.num_classes), job.mode, device,

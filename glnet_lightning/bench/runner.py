@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cost import count_cost
 from .errors import BenchError
-from .flops import count_macs, count_params
+from .flops import count_macs
 from .memory import MemoryFigure, MemoryJob, measure_memory
-from .spec import ModelSpec, build_model, check_model_names, register_project_models
+from .spec import ModelSpec, build_model, check_model_names
 from .timing import GemmPeak, Throughput, gemm_peak, run_interleaved, time_call
 from .workload import MODES, check_precision, make_batch, make_step, prepare_model
 
@@ -127,14 +128,14 @@ def _memory_job(config: BenchConfig, spec: ModelSpec, img_size: int) -> MemoryJo
 
 
 def _counts(model, spec: ModelSpec, img_size: int, mode: str) -> tuple[int, int, int]:
-    """Parameters, forward MACs and the MACs a timed step executes (fwd+bwd in train)."""
-    shape = (3, img_size, img_size)
+    """Parameters, forward MACs (``cost.count_cost``, as every other tool) and the MACs a timed step
+    executes (fwd+bwd in train)."""
     try:
-        macs = count_macs(model, shape)
-        step_macs = count_macs(model, shape, backward=True) if mode == "train" else macs
+        params, macs = count_cost(model, img_size)
+        step_macs = count_macs(model, (3, img_size, img_size), backward=True) if mode == "train" else macs
     except Exception as exc:
         raise BenchError(f"{spec.text} at {img_size}px failed: {type(exc).__name__}: {exc}") from exc
-    return count_params(model), macs, step_macs
+    return params, macs, step_macs
 
 
 def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
@@ -200,7 +201,6 @@ def _derive(result: BenchResult) -> None:
 
 def run_benchmark(config: BenchConfig) -> BenchResult:
     """Measure every model at every size; raises :class:`BenchError` on user-facing problems."""
-    warning = register_project_models()
     validate(config)
     memory = {}
     if config.probe_memory:
@@ -210,8 +210,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
                 memory[spec.text, img_size] = measure_memory(_memory_job(config, spec, img_size))
     _progress(f"GEMM peak (square matmuls up to {config.gemm_size}, {config.precision})")
     peak = gemm_peak(config.gemm_size, config.precision, torch.device(config.device))
-    result = BenchResult(config=config, gemm_peak=peak, threads=torch.get_num_threads(),
-                         warnings=[warning] if warning else [])
+    result = BenchResult(config=config, gemm_peak=peak, threads=torch.get_num_threads())
     for img_size in config.img_sizes:
         rows = _size_rows(config, img_size)
         for row in rows:

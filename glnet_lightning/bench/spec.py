@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 import timm
 import torch.nn as nn
 
+import glnet_lightning.models  # noqa: F401  (registers the GLNet models with timm)
+from glnet_lightning.cli.config_edit import ConfigEditError, parse_assignments
+
 from .errors import BenchError
 
 
@@ -24,42 +27,17 @@ class ModelSpec:
     kwargs: dict = field(default_factory=dict)
 
 
-def parse_value(text: str):
-    """Turn a kwarg value into int, float, bool or None when it looks like one, else keep the string."""
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
 def parse_model_spec(text: str) -> ModelSpec:
-    """Parse ``name`` or ``name:key=value,key=value`` (values through :func:`parse_value`)."""
+    """Parse ``name`` or ``name:key=value,key=value``; values are YAML, as in every ``KEY=VALUE`` of the project."""
     name, _, rest = text.partition(":")
     name = name.strip()
     if not name:
         raise BenchError(f"empty model name in {text!r}")
-    kwargs = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BenchError(f"bad model option {item!r} in {text!r}: expected key=value")
-        kwargs[key.strip()] = parse_value(value.strip())
-    return ModelSpec(text=text, name=name, kwargs=kwargs)
-
-
-def register_project_models() -> str | None:
-    """Import glnet_lightning so its GLNet models register with timm.
-
-    Guarded because the package may be incomplete while it is being developed;
-    returns a warning text instead of failing, so timm's own models still work.
-    """
     try:
-        import glnet_lightning  # noqa: F401
-    except Exception as exc:  # pragma: no cover - depends on the rest of the repo
-        return f"glnet_lightning models not registered ({type(exc).__name__}: {exc})"
-    return None
+        kwargs = parse_assignments(filter(None, (part.strip() for part in rest.split(","))))
+    except ConfigEditError as exc:
+        raise BenchError(f"bad model options in {text!r} (expected name:key=value,key=value): {exc}") from exc
+    return ModelSpec(text=text, name=name, kwargs=kwargs)
 
 
 def check_model_names(specs: list[ModelSpec]) -> None:

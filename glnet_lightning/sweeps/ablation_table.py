@@ -1,9 +1,12 @@
 """The ablation table re-derived: our params, GMACs, CPU throughput and top-1 beside the paper's.
 
 Why re-derive rather than copy: params and MACs come from building each variant exactly as
-``fit`` would (so a wrong override shows up as a wrong number), throughput from the benchmark's
-own timing protocol, and top-1 from the variant's TensorBoard events, so the table is only ever
-as good as the runs behind it.
+``fit`` would (so a wrong override shows up as a wrong number), throughput from the project's cost
+protocol (``bench.cost``), and top-1 from the variant's TensorBoard events, so the table is only
+ever as good as the runs behind it. :func:`build_table` is the one place the table is assembled:
+``glnet ablation table`` feeds it from freshly built variants and formats it (:func:`format_table`),
+the analysis notebook feeds it from its runs and checkpoints and gets a DataFrame
+(:func:`ablation_frame`) to plot.
 """
 from __future__ import annotations
 
@@ -12,22 +15,23 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from glnet_lightning.analysis.tb_runs import read_top1
+from glnet_lightning.bench.cost import DEFAULT_BATCH_SIZE, DEFAULT_REPEATS, measure_cost
 
-from glnet_lightning.bench import count_macs, count_params
-from glnet_lightning.bench.timing import Throughput, run_interleaved
-from glnet_lightning.bench.workload import make_batch, make_step, prepare_model
+from .sweep_file import Variant, load_sweep
 
-from .sweep_file import Variant
+if TYPE_CHECKING:
+    import pandas as pd
 
-__all__ = ["TableRow", "FORMATS", "format_table", "measure_row", "read_top1", "table_rows"]
+__all__ = ["TableRow", "FORMATS", "ablation_frame", "build_table", "format_table", "table_frame", "table_rows"]
 
-#: Tags holding top-1, in order of preference (test beats val when a run has both).
-ACC_TAGS = ("test/acc1", "val/acc1")
+#: Our figures in a row (each has a paper's counterpart; GMACs sit beside the paper's "GFLOPs", which
+#: count multiply-accumulates too).
+_OURS = ("params_m", "gmacs", "throughput", "top1")
 
 
 @dataclass
@@ -36,8 +40,8 @@ class TableRow:
 
     name: str
     label: str
-    params_m: float
-    gmacs: float
+    params_m: float | None
+    gmacs: float | None
     throughput: float | None
     top1: float | None
     top1_source: str | None
@@ -47,53 +51,61 @@ class TableRow:
     paper_top1: float | None
 
 
-def read_top1(run_dir: Path) -> tuple[float | None, str | None]:
-    """Last logged top-1 (in %) from the events below ``run_dir``: test/acc1, else val/acc1."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[str, tuple[float, float]] = {}  # tag -> (wall time, value) of the latest event
-    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in set(ACC_TAGS) & set(accumulator.Tags().get("scalars", [])):
-            last = accumulator.Scalars(tag)[-1]
-            if tag not in values or last.wall_time >= values[tag][0]:
-                values[tag] = (last.wall_time, last.value)
-    for tag in ACC_TAGS:
-        if tag in values:
-            value = values[tag][1]
-            return (100.0 * value if value <= 1.0 else value), tag
-    return None, None
+def _number(value: Any) -> float | None:
+    """Missing figures are None whether they came as None or as a DataFrame's NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
-def _throughput(model: torch.nn.Module, img_size: int, batch_size: int, repeats: int) -> float:
-    """Median inference images/s on the CPU in fp32 (the benchmark's protocol, short)."""
-    device = torch.device("cpu")
-    model = prepare_model(model, "infer", device, channels_last=False)
-    images, labels = make_batch(batch_size, img_size, 1000, device, channels_last=False)
-    step = make_step(model, images, labels, "infer", "fp32", device)
-    times = run_interleaved([step], warmup=2, repeats=repeats, device=device)[0]
-    return Throughput.from_times(times, batch_size).median
+def build_table(variants: Sequence[Variant], ours: Mapping[str, Mapping[str, Any]]) -> list[TableRow]:
+    """Every variant in sweep order, our figures (``ours[variant name]``: params_m, gmacs, throughput,
+    top1, top1_source; any may be missing) beside the paper's. Variants without figures keep their
+    paper row with empty "ours" cells, so the table always has the paper's shape."""
+    rows = []
+    for variant in variants:
+        mine = ours.get(variant.name, {})
+        source = mine.get("top1_source")
+        paper = variant.paper
+        rows.append(TableRow(name=variant.name, label=variant.label, **{f: _number(mine.get(f)) for f in _OURS},
+                             top1_source=source if isinstance(source, str) else None,
+                             paper_params_m=paper.params_m, paper_gflops=paper.gflops,
+                             paper_throughput=paper.throughput, paper_top1=paper.top1))
+    return rows
 
 
-def measure_row(variant: Variant, extra: Mapping[str, Any], runs_dir: Path | None, img_size: int = 224,
-                throughput_batch: int | None = 8, num_classes: int = 1000, repeats: int = 5) -> TableRow:
-    """Build the variant as ``fit`` would and measure it; ``throughput_batch=None`` skips timing."""
-    model = variant.build_model(num_classes=num_classes, extra=extra).eval()
-    macs = count_macs(model, (3, img_size, img_size))
-    speed = _throughput(model, img_size, throughput_batch, repeats) if throughput_batch else None
-    top1, source = read_top1(runs_dir / variant.name) if runs_dir else (None, None)
-    paper = variant.paper
-    return TableRow(name=variant.name, label=variant.label, params_m=count_params(model) / 1e6,
-                    gmacs=macs / 1e9, throughput=speed, top1=top1, top1_source=source,
-                    paper_params_m=paper.params_m, paper_gflops=paper.gflops,
-                    paper_throughput=paper.throughput, paper_top1=paper.top1)
+def table_rows(variants: Sequence[Variant], extra: Mapping[str, Any], runs_dir: Path | None, img_size: int = 224,
+               throughput_batch: int | None = DEFAULT_BATCH_SIZE, num_classes: int = 1000,
+               repeats: int = DEFAULT_REPEATS) -> list[TableRow]:
+    """Build each variant as ``fit`` would, measure it (``bench.cost``; ``throughput_batch=None`` skips
+    timing), read its top-1 from ``runs_dir/NAME`` and assemble the table."""
+    ours = {}
+    for variant in variants:
+        model = variant.build_model(num_classes=num_classes, extra=extra)
+        cost = measure_cost(model, img_size, throughput=bool(throughput_batch),
+                            batch_size=throughput_batch or DEFAULT_BATCH_SIZE, repeats=repeats)
+        top1, source = read_top1(runs_dir / variant.name) if runs_dir else (None, None)
+        ours[variant.name] = {**cost.figures(), "top1": top1, "top1_source": source}
+    return build_table(variants, ours)
 
 
-def table_rows(variants: Sequence[Variant], extra: Mapping[str, Any], runs_dir: Path | None,
-               **measure: Any) -> list[TableRow]:
-    """One measured row per variant, in sweep order (``measure``: :func:`measure_row` options)."""
-    return [measure_row(v, extra, runs_dir, **measure) for v in variants]
+def table_frame(rows: Sequence[TableRow]) -> pd.DataFrame:
+    """The rows as a DataFrame indexed by variant name, missing figures as NaN (for plotting)."""
+    import pandas as pd
+
+    names = [f.name for f in fields(TableRow)]
+    frame = pd.DataFrame([asdict(r) for r in rows], columns=names).rename(columns={"name": "variant"})
+    numeric = [n for n in names if n not in ("name", "label", "top1_source")]
+    return frame.set_index("variant").astype({n: float for n in numeric})
+
+
+def ablation_frame(sweep_file: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """The table of ``sweep_file`` with our figures from ``runs`` (indexed by run name, as the variants
+    are named; columns top1 / top1_tag as :func:`~glnet_lightning.analysis.tb_runs.summarise_runs`
+    gives them, params_m / gmacs / throughput as ``analysis.run_costs.measure_runs``)."""
+    ours = runs.rename(columns={"top1_tag": "top1_source"}).to_dict("index")
+    return table_frame(build_table(load_sweep(sweep_file).variants, ours))
 
 
 # ---------------------------------------------------------------------------------------- formats
@@ -129,8 +141,7 @@ def _markdown(rows: Sequence[TableRow]) -> str:
 
 def _csv(rows: Sequence[TableRow]) -> str:
     buffer = io.StringIO()
-    fields = list(asdict(rows[0])) if rows else [f for f in TableRow.__dataclass_fields__]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(TableRow)], lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
     return buffer.getvalue().rstrip("\n")
@@ -144,6 +155,7 @@ FORMATS = {"markdown": _markdown, "csv": _csv, "json": _json}
 
 
 def format_table(rows: Sequence[TableRow], fmt: str = "markdown") -> str:
+    """The CLI's rendering of :func:`build_table`'s rows (``fmt``: one of :data:`FORMATS`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     return FORMATS[fmt](rows)

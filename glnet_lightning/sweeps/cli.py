@@ -101,6 +101,8 @@ def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DE
 
 def ablation_main(argv: Sequence[str] | None = None) -> int:
     """Print params, GMACs, CPU throughput and top-1 of every variant beside the paper's."""
+    from glnet_lightning.bench.cost import DEFAULT_BATCH_SIZE
+
     from .ablation_table import FORMATS, format_table, table_rows
 
     parser = argparse.ArgumentParser(prog="glnet ablation table", description=ablation_main.__doc__)
@@ -108,7 +110,8 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=tuple(FORMATS), default="markdown")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier width counted in params")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per timed CPU forward")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="images per timed CPU forward (default: bench.cost's %(default)s)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the CPU timing (fast)")
 
     def run(args: argparse.Namespace) -> int:

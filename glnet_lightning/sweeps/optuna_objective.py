@@ -23,8 +23,9 @@ from typing import Any
 import optuna
 import yaml
 
+from glnet_lightning.bench.cost import (DEFAULT_BATCH_SIZE, DEFAULT_REPEATS, DEFAULT_WARMUP, inference_throughput,
+                                        measure_cost)
 from glnet_lightning.cli.config_edit import apply_edits
-from .optuna_measure import image_size_of, measure_model
 from .optuna_sweep import OptunaSweep
 
 __all__ = ["NonFiniteObjectiveError", "TrialRunner"]
@@ -32,6 +33,13 @@ __all__ = ["NonFiniteObjectiveError", "TrialRunner"]
 
 class NonFiniteObjectiveError(RuntimeError):
     """An objective came out NaN/inf; the trial is recorded as failed."""
+
+
+def image_size_of(config: dict[str, Any], default: int = 224) -> int:
+    """The training resolution from a LightningCLI config's data block."""
+    data = config.get("data") or {}
+    args = data.get("init_args", data) if isinstance(data, dict) else {}
+    return int(args.get("image_size") or default)
 
 
 def _jsonable(value: Any) -> Any:
@@ -110,8 +118,7 @@ class TrialRunner:
         trainer, module = cli.trainer, cli.model
         datamodule = self._datamodule(config, cli.datamodule)
         image_size = image_size_of(config)
-        figures = measure_model(module.model, image_size, throughput=False)
-        self._record(trial, figures)
+        self._record(trial, measure_cost(module.model, image_size, throughput=False).figures())
 
         pruning = self._pruning_callback(trial)
         if pruning is not None:
@@ -124,10 +131,13 @@ class TrialRunner:
         trial.set_user_attr("checkpoint", best or str(config_path.parent / "checkpoints" / "last.ckpt"))
 
         if self.sweep.measure.get("throughput", True) or any(o.name == "throughput" for o in self.sweep.objectives):
+            # measured, not looked up: the slots / kernel trade-off is against speed on this hardware
             m = self.sweep.measure
-            figures = measure_model(module.model, image_size, batch_size=int(m.get("batch_size", 64)),
-                                    warmup=int(m.get("warmup", 2)), repeats=int(m.get("repeats", 5)), counts=False)
-            self._record(trial, figures)
+            speed = inference_throughput(module.model, image_size,
+                                         batch_size=int(m.get("batch_size", DEFAULT_BATCH_SIZE)),
+                                         warmup=int(m.get("warmup", DEFAULT_WARMUP)),
+                                         repeats=int(m.get("repeats", DEFAULT_REPEATS)))
+            self._record(trial, {"throughput": speed.median, "ms_per_batch": speed.ms_per_batch})
         values = []
         for objective in self.sweep.objectives:
             value = trial.user_attrs.get(objective.name) if objective.measured else metrics.get(objective.name)

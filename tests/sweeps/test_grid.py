@@ -193,7 +193,7 @@ def test_unknown_variant_is_a_usage_error(fake_sweep, capsys):
 @pytest.mark.slow
 def test_real_tiny_fit_runs_resumably_and_logs_top1(tmp_path):
     """One real ``glnet fit`` subprocess on Fashion-MNIST with a tiny model and a few batches."""
-    from glnet_lightning.sweeps.ablation_table import read_top1
+    from glnet_lightning.analysis.tb_runs import read_top1
 
     sets = [*TINY_SETS, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "data.init_args.batch_size=32", "data.init_args.num_workers=0", "model.slot_map_every_n_epochs=0"]
