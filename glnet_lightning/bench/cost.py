@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .flops import count_macs, count_params
+from .flops import count_macs, count_params, model_device
 from .timing import Throughput, run_interleaved
 from .workload import make_batch, make_step
 
@@ -64,11 +64,6 @@ class ModelCost:
         return figures
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    reference = next(iter(model.parameters()), None)
-    return reference.device if reference is not None else torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _measuring(model: nn.Module) -> Iterator[None]:
     """Eval mode and no autograd for the block; the model's mode and the caller's grad mode come back after."""
@@ -93,7 +88,7 @@ def inference_throughput(model: nn.Module, image_size: int, *, batch_size: int =
     ``repeats`` timed ones (at least 1)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = _device_of(model)
+    device = model_device(model)
     with _measuring(model):
         images, labels = make_batch(batch_size, image_size, 1, device, channels_last=False)
         step = make_step(model, images, labels, "infer", "fp32", device)

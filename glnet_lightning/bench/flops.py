@@ -62,6 +62,12 @@ def _first_parameter(model: nn.Module) -> torch.Tensor | None:
     return next(iter(model.parameters()), None)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives (its first parameter's device; the CPU for a model without parameters)."""
+    reference = _first_parameter(model)
+    return reference.device if reference is not None else torch.device("cpu")
+
+
 def count_macs(model: nn.Module, input_size=(3, 224, 224), *, backward: bool = False) -> int:
     """Multiply-accumulates of one forward pass on a single input of ``input_size``.
 
@@ -70,7 +76,7 @@ def count_macs(model: nn.Module, input_size=(3, 224, 224), *, backward: bool = F
     (restored afterwards) so batch-of-one BatchNorm works; matmul work is the same.
     """
     reference = _first_parameter(model)
-    device = reference.device if reference is not None else torch.device("cpu")
+    device = model_device(model)
     dtype = reference.dtype if reference is not None and reference.is_floating_point() else torch.float32
     inputs = torch.randn(1, *input_size, device=device, dtype=dtype)
     was_training = model.training

@@ -80,8 +80,8 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("throughput, memory and FLOPs of models (see glnet bench --help)", _lazy("glnet_lightning.bench.cli", "main")),
     "sweep": Command("ablation grid runner and Optuna search: sweep grid|optuna|report", _group("sweep", {
         "grid": _lazy("glnet_lightning.sweeps.cli", "grid_main"),
-        "optuna": _lazy("glnet_lightning.sweeps.optuna_cli", "optuna_main"),
-        "report": _lazy("glnet_lightning.sweeps.optuna_cli", "report_main"),
+        "optuna": _lazy("glnet_lightning.sweeps.cli", "optuna_main"),
+        "report": _lazy("glnet_lightning.sweeps.cli", "report_main"),
     })),
     "ablation": Command("the paper's ablation table beside measured figures: ablation table SWEEP_FILE",
                         _group("ablation", {"table": _lazy("glnet_lightning.sweeps.cli", "ablation_main")})),

@@ -1,8 +1,14 @@
-"""``glnet sweep grid ...`` and ``glnet ablation table ...`` (also ``python -m glnet_lightning.sweeps.cli``).
+"""``glnet sweep grid|optuna|report ...`` and ``glnet ablation table ...``.
 
-Why argparse here and not LightningCLI: these commands orchestrate many fits and read their
-results; only the fits themselves are LightningCLI runs. Both share the sweep options
-(``--base``, ``--set``) so a table always describes the same models the grid trained.
+(Also ``python -m glnet_lightning.sweeps.cli``.) Why argparse here and not LightningCLI: these
+commands orchestrate many fits and read their results; only the fits themselves are LightningCLI
+runs. The grid runner and the ablation table share the sweep options (``--base``, ``--set``) so a
+table always describes the same models the grid trained.
+
+``glnet sweep optuna`` is a resumable command rather than a script: the same command line, run
+again or on another worker with the same ``--storage``, continues the same study -- ``load_if_exists`` picks it up,
+finished trials stay finished, stale ones (dead worker) are failed and retried via heartbeats.
+``--n-trials`` counts the trials *this* worker runs, so two workers with ``--n-trials 5`` give 10.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from glnet_lightning.cli.errors import UserError, parse_args, report
 from .grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
 from .sweep_file import load_sweep
 
-__all__ = ["grid_main", "ablation_main", "main"]
+__all__ = ["grid_main", "ablation_main", "main", "optuna_main", "report_main", "build_optuna_parser",
+           "build_report_parser"]
 
 
 def _sweep_options(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +110,7 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     """Print params, GMACs, CPU throughput and top-1 of every variant beside the paper's."""
     from glnet_lightning.bench.cost import DEFAULT_BATCH_SIZE
 
-    from .ablation_table import FORMATS, format_table, table_rows
+    from .reports import FORMATS, format_table, table_rows
 
     parser = argparse.ArgumentParser(prog="glnet ablation table", description=ablation_main.__doc__)
     _sweep_options(parser)
@@ -125,12 +132,138 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     return _guard(run, argv, parser)
 
 
+def build_optuna_parser(prog: str = "glnet sweep optuna") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Optuna search over a base config (see the sweep file).")
+    parser.add_argument("sweep_file", help="sweep YAML, e.g. sweeps/optuna_slots_kernel.yaml")
+    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<runs_dir>/<study>/study.db); "
+                                          "e.g. postgresql://user:pass@host/db to share a study across machines, or "
+                                          "journal:/shared/fs/NAME.journal on a shared file system")
+    parser.add_argument("--study-name", help="study name (default: the sweep file's study_name)")
+    parser.add_argument("--n-trials", type=int, help="trials this worker runs (default: the sweep file's n_trials)")
+    parser.add_argument("--timeout", type=float, help="stop starting new trials after S seconds")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="edit the base config with a LightningCLI dotted key (repeatable), "
+                             "e.g. --set trainer.max_steps=5")
+    parser.add_argument("--runs-dir", help="where trial run dirs (and the default SQLite study) go")
+    parser.add_argument("--base", help="use this base config instead of the sweep file's")
+    parser.add_argument("--objective", dest="objectives", action="append", metavar="NAME[:DIRECTION]",
+                        help="replace the sweep file's objectives (repeat for multi-objective), e.g. "
+                             "--objective val/acc1 --objective throughput")
+    return parser
+
+
+def build_report_parser(prog: str = "glnet sweep report") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Best trials / Pareto front of an Optuna study, "
+                                                            "plus an HTML page of plots beside the study.")
+    parser.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///runs/sweeps/NAME/study.db")
+    parser.add_argument("--study-name", help="study name (optional when the storage holds a single study)")
+    parser.add_argument("--top", type=int, default=5, help="best trials to list (single objective)")
+    parser.add_argument("--limit", type=int, default=50, help="at most this many of the latest trials (0: all)")
+    parser.add_argument("--html", help="HTML path (default: <study>_report.html beside the SQLite file, "
+                                       "or in the current directory for server storages)")
+    parser.add_argument("--no-html", action="store_true", help="print the tables only")
+    return parser
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def optuna_main(argv: list[str] | None = None) -> int:
+    """Run (or resume) a study: 0 when it ran (some trials may have failed), 1 when every trial of this
+    run failed, 2 when the sweep cannot start (bad file or option, a config no trial could run)."""
+    args = parse_args(build_optuna_parser(), argv)
+    if isinstance(args, int):
+        return args
+    from glnet_lightning.cli.config_edit import ConfigEditError, load_config, parse_assignments
+
+    from .optuna_sweep import load_optuna_sweep
+
+    try:
+        sweep = load_optuna_sweep(args.sweep_file, base=args.base, runs_dir=args.runs_dir,
+                                  study_name=args.study_name, objectives=args.objectives)
+        if not sweep.base.is_file():
+            raise ConfigEditError(f"base config {sweep.base} does not exist (pass another with --base)")
+        sets = parse_assignments(args.sets)
+        base_config = load_config(sweep.base)
+    except ConfigEditError as exc:
+        return _error(exc)
+    import optuna
+
+    from glnet_lightning.cli.lightning_cli import ConfigError, check_run_config
+
+    from .optuna_study import TrialRunner, default_storage_url, open_study
+    from .reports import render_report
+
+    runner = TrialRunner(sweep, base_config, sets)
+    try:  # a mistake every trial shares (bad --set, data root, trainer) stops here, not in n failed trials
+        check_run_config(runner.trial_config({}, sweep.study_dir / "config_check"))
+    except (ConfigEditError, ConfigError) as exc:
+        return _error(f"the base config with the budget and --set edits cannot run: {exc}")
+    storage_url = args.storage or default_storage_url(sweep)
+    try:
+        study = open_study(sweep, storage_url)
+    except ConfigEditError as exc:
+        return _error(exc)
+    n_trials = args.n_trials if args.n_trials is not None else sweep.n_trials
+    timeout = args.timeout if args.timeout is not None else sweep.timeout
+    print(f"study {sweep.study_name} in {storage_url}: {len(study.trials)} trials so far; running "
+          f"{n_trials if n_trials is not None else 'unlimited'} more", flush=True)
+    ours: list[int] = []  # the trials this worker ran
+    try:
+        study.optimize(runner, n_trials=n_trials, timeout=timeout, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[lambda _study, trial: ours.append(trial.number)])
+    except KeyboardInterrupt:  # Optuna has already marked the running trial FAIL
+        print(f"interrupted; run the same command again to resume study {sweep.study_name}", file=sys.stderr)
+        return 130
+    _quiet_optuna()
+    print(render_report(study, top=3, limit=20))
+    print(f"\nreport: glnet sweep report --storage {storage_url} --study-name {sweep.study_name}")
+    failed = [t for t in study.get_trials(deepcopy=False) if t.number in ours
+              and t.state == optuna.trial.TrialState.FAIL]
+    if ours and len(failed) == len(ours):
+        first = failed[0].user_attrs.get("error", "no error recorded")
+        return _error(f"all {len(ours)} trial(s) of this run failed; trial {failed[0].number}: {first}",
+                      prefix="glnet sweep optuna: ", code=1)
+    return 0
+
+
+def _error(message: object, prefix: str = "glnet sweep optuna: error: ", code: int = 2) -> int:
+    print(f"{prefix}{message}", file=sys.stderr)
+    return code
+
+
+def report_main(argv: list[str] | None = None) -> int:
+    """Print the study's tables and write its HTML page."""
+    args = parse_args(build_report_parser(), argv)
+    if isinstance(args, int):
+        return args
+    _quiet_optuna()
+    from .optuna_study import load_study, storage_folder
+    from .optuna_sweep import OptunaSweepError
+    from .reports import render_report, write_html
+
+    try:
+        study = load_study(args.storage, args.study_name)
+    except OptunaSweepError as exc:
+        return _error(exc, prefix="glnet sweep report: error: ")
+    print(render_report(study, top=args.top, limit=args.limit))
+    if not args.no_html:
+        folder = storage_folder(args.storage) or Path.cwd()
+        html = write_html(study, Path(args.html) if args.html else folder / f"{study.study_name}_report.html")
+        print(f"\nplots: {html}" if html else "\nplots: none yet (no complete trial)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m glnet_lightning.sweeps.cli grid|table ...`` (what emitted cluster commands call)."""
+    """``python -m glnet_lightning.sweeps.cli grid|table|optuna|report ...`` (what emitted cluster commands call)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"grid": grid_main, "table": ablation_main}
+    commands = {"grid": grid_main, "table": ablation_main, "optuna": optuna_main, "report": report_main}
     if not args or args[0] not in commands:
-        print("usage: python -m glnet_lightning.sweeps.cli {grid,table} SWEEP_FILE [options]", file=sys.stderr)
+        print(f"usage: python -m glnet_lightning.sweeps.cli {{{','.join(commands)}}} ... "
+              "(as glnet sweep grid|optuna|report, glnet ablation table)", file=sys.stderr)
         return 2
     return commands[args[0]](args[1:])
 

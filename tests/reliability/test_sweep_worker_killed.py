@@ -36,7 +36,7 @@ def test_worker_killed_mid_trial_is_failed_and_retried(fashion_mnist, env, signa
     # the killed worker gets a long trial, so it is surely killed while training
     sets = [s for s in study_tests.TINY_SETS if not s.startswith("trainer.limit_train_batches")]
     sets.append("trainer.limit_train_batches=500")
-    worker = subprocess.Popen([sys.executable, "-m", "glnet_lightning.sweeps.optuna_cli", str(path), "--n-trials",
+    worker = subprocess.Popen([sys.executable, "-m", "glnet_lightning.sweeps.cli", "optuna", str(path), "--n-trials",
                                "1", *(a for s in sets for a in ("--set", s))],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "runs" / "tiny" / "trial_0000"
@@ -68,7 +68,7 @@ def test_retried_trial_continues_from_the_dead_trials_checkpoint(fashion_mnist, 
     path = study_tests.sweep_file(tmp_path, study_tests.SPACE, heartbeat=HEARTBEAT)
     sets = [s for s in study_tests.TINY_SETS if not s.startswith("trainer.limit_train_batches")]
     sets += ["trainer.limit_train_batches=40", "checkpoint.last_every_n_steps=5", "trainer.log_every_n_steps=1"]
-    command = [sys.executable, "-m", "glnet_lightning.sweeps.optuna_cli", str(path), "--n-trials", "1",
+    command = [sys.executable, "-m", "glnet_lightning.sweeps.cli", "optuna", str(path), "--n-trials", "1",
                *(a for s in sets for a in ("--set", s))]
     last = tmp_path / "runs" / "tiny" / "trial_0000" / "checkpoints" / "last.ckpt"
     worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

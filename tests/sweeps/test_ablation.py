@@ -12,7 +12,7 @@ from torch import nn
 
 from glnet_lightning.sweeps import load_sweep
 from glnet_lightning.analysis.tb_runs import read_top1
-from glnet_lightning.sweeps.ablation_table import TableRow, format_table, table_rows
+from glnet_lightning.sweeps.reports import TableRow, format_table, table_rows
 from glnet_lightning.sweeps.cli import ablation_main
 
 REPO = Path(__file__).resolve().parents[2]

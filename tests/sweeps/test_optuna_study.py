@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from glnet_lightning.data import find_system_fashion_mnist
-from glnet_lightning.sweeps.optuna_cli import optuna_main, report_main
+from glnet_lightning.sweeps.cli import optuna_main, report_main
 from glnet_lightning.sweeps.optuna_study import open_study
 from glnet_lightning.sweeps.optuna_sweep import load_optuna_sweep
 
@@ -138,7 +138,7 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path):
     path = sweep_file(tmp_path, SPACE)
-    args = [sys.executable, "-m", "glnet_lightning.sweeps.optuna_cli", str(path), "--n-trials", "1",
+    args = [sys.executable, "-m", "glnet_lightning.sweeps.cli", "optuna", str(path), "--n-trials", "1",
             *(a for s in TINY_SETS for a in ("--set", s))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
