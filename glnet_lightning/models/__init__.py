@@ -3,17 +3,24 @@ bridge to the reference implementation's arguments and checkpoints."""
 from .glnet import GLNet, GLNetStage, checkpoint_filter_fn, glnet_from_official_kwargs
 from .official import convert_official_state_dict, unwrap_state_dict
 from .strategies import (
+    ClusteringStrategy,
     DWConvLocal,
+    FusionStrategy,
     GLMixConfig,
+    GLMixer,
+    GlobalStrategy,
     KMeansClusteringStrategy,
+    LocalStrategy,
     LocalThenGlobalFusion,
     GlobalThenLocalFusion,
     ParallelFusion,
     ParamSlotInitStrategy,
     PooledSlotInitStrategy,
     SlotAttentionGlobal,
+    SlotInitStrategy,
     SoftClusteringStrategy,
     WindowMHSALocal,
+    register,
     resolve_strategy,
     strategy_names,
 )
@@ -24,6 +31,7 @@ __all__ = [
     "GLNet", "GLNetStage", "checkpoint_filter_fn", "convert_official_state_dict", "glnet_from_official_kwargs",
     "unwrap_state_dict", "DWConvLocal", "WindowMHSALocal", "SlotAttentionGlobal", "PooledSlotInitStrategy",
     "ParamSlotInitStrategy", "SoftClusteringStrategy", "KMeansClusteringStrategy", "ParallelFusion",
-    "GlobalThenLocalFusion", "LocalThenGlobalFusion", "GLMixConfig", "resolve_strategy", "strategy_names",
-    "MODEL_NAMES",
+    "GlobalThenLocalFusion", "LocalThenGlobalFusion", "GLMixConfig", "GLMixer", "resolve_strategy",
+    "strategy_names", "register", "LocalStrategy", "GlobalStrategy", "SlotInitStrategy", "ClusteringStrategy",
+    "FusionStrategy", "MODEL_NAMES",
 ]

@@ -8,11 +8,13 @@ Usage::
 
 Strategies (local/global branch, clustering, slot init, fusion) come from ``strategies.py``;
 ``num_slots``, ``kernel_size``, ``window_size``, ``slot_init`` and ``clustering`` are shortcuts
-that change one setting of the configured strategies, per stage when given a list of 4.
+that change one setting of the configured strategies, per stage when given a list of 4; for a
+branch that is ``none`` they are checked, then ignored.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,6 +30,8 @@ from .official import (check_fits, convert_official_state_dict, is_official_stat
 from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal
 
 __all__ = ["GLNet", "GLNetStage", "checkpoint_filter_fn", "glnet_from_official_kwargs"]
+
+logger = logging.getLogger(__name__)
 
 
 def _per_stage(value: Any, num_stages: int, name: str) -> list:
@@ -52,7 +56,8 @@ def _block_kinds(pattern: str, depth: int, stage: int) -> list[str]:
 
 
 _SHORTCUTS = {
-    # shortcut -> (which strategy it edits, the strategy class it applies to, the field)
+    # shortcut -> (the strategy it edits, the strategy class it is for, the field); it applies to
+    # any strategy with that field, and is checked, then ignored, when that branch is 'none'
     "kernel_size": ("local", DWConvLocal, "kernel_size"),
     "window_size": ("local", WindowMHSALocal, "window_size"),
     "num_slots": ("global_branch", SlotAttentionGlobal, "num_slots"),
@@ -61,21 +66,35 @@ _SHORTCUTS = {
 }
 
 
-def _mixer_config(stage: int, local: Any, global_branch: Any, fusion: Any, shortcuts: dict[str, Any]) -> GLMixConfig:
-    config = GLMixConfig(local=local, global_branch=global_branch, fusion=fusion)
+def _mixer_config(stage: int, local: Any, global_branch: Any, fusion: Any,
+                  shortcuts: dict[str, Any]) -> tuple[GLMixConfig, list[str]]:
+    """The stage's GLMixConfig with the shortcuts applied, and the shortcuts ignored because the
+    branch they set up is 'none' (a sweep variant that drops a branch keeps the base's settings)."""
+    config = GLMixConfig.from_spec(local=local, global_branch=global_branch, fusion=fusion)
+    edits: dict[str, dict[str, Any]] = {}  # strategy attribute -> its new settings, applied together
+    absent: dict[type, dict[str, Any]] = {}  # strategy class -> settings, per absent branch
+    ignored = []
     for key, value in shortcuts.items():
         if value is None:
             continue
         attr, cls, field = _SHORTCUTS[key]
         strategy = getattr(config, attr)
-        if not isinstance(strategy, cls):
-            current = strategy.spec()["name"] if strategy else "none"
+        if strategy is None:
+            absent.setdefault(cls, {})[field] = value
+            ignored.append(key)
+            continue
+        if field not in {f.name for f in dataclasses.fields(strategy)}:
+            current = strategy.spec().get("name") or strategy.spec()["class_path"]
             raise ValueError(
                 f"stage {stage}: {key}={value!r} applies to {attr}={cls.name!r}, but {attr} is {current!r}; "
                 f"drop {key} or choose {attr}={cls.name!r}"
             )
-        config = dataclasses.replace(config, **{attr: dataclasses.replace(strategy, **{field: value})})
-    return config
+        edits.setdefault(attr, {})[field] = value
+    for cls, settings in absent.items():
+        cls.from_spec(**settings)  # bad values fail even for an absent branch, then are ignored
+    config = dataclasses.replace(config, **{attr: getattr(config, attr).replace(**settings)
+                                            for attr, settings in edits.items()})
+    return config, ignored
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +127,36 @@ class GLNetStage(nn.Module):
 
 
 class GLNet(nn.Module):
-    """Four stages of GLMix / attention blocks with downsampling between, then BN -> avg pool -> Linear."""
+    """Four stages of GLMix / attention blocks with downsampling between, then BN -> avg pool -> Linear.
+
+    Args:
+        depths: number of blocks in each stage.
+        dims: channel width of each stage; each must be a multiple of ``head_dim`` where attention runs.
+        stage_mixers: block type per stage: ``glmix``, ``mha``, ``mha_nchw`` or a dotted alternation.
+        mlp_ratios: MLP hidden width over block width, for all stages or one per stage.
+        head_dim: channels per attention head (slot MHSA, window MHSA, full MHSA blocks).
+        stem: input stem, ``patch`` (4x4 patches) or ``overlap`` (two strided 3x3 convs).
+        transition: downsampling between stages, ``norm_conv`` or ``conv_norm``.
+        cpe_kernel: kernel of the conditional position encoding in front of each block; 0 for none.
+        mlp_dwconv: add a depthwise 3x3 conv inside the conv MLP (the 4G family).
+        layer_scale: initial layer-scale value of the residual branches; None for no layer scale.
+        local: local-branch strategy spec (name, dict, ``class_path`` dict, object or ``none``).
+        global_branch: global-branch strategy spec, ``slots`` or ``none``, same forms as ``local``.
+        fusion: how the branches combine: ``parallel``, ``global_local``, ``local_global`` or a class.
+        kernel_size: shortcut for the depthwise kernel of ``local='dwconv'``; per stage if a list.
+        window_size: shortcut for the window side of ``local='window_mhsa'``; per stage if a list.
+        num_slots: shortcut for the slot count of ``global_branch='slots'``; per stage if a list.
+        slot_init: shortcut for the slot init strategy (``pool`` / ``param``) of the slots branch.
+        clustering: shortcut for the clustering strategy (``soft`` / ``kmeans``) of the slots branch.
+        num_classes: classifier outputs; 0 for no head (features only).
+        in_chans: input image channels.
+        global_pool: ``avg`` to average the final map before the head, ``''`` to keep it.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth rate, rising linearly to this value over all blocks.
+
+    A shortcut set for a branch that is ``none`` is checked, then ignored with an INFO log line, so
+    a variant that drops a branch need not unset its settings.
+    """
 
     def __init__(
         self,
@@ -170,12 +218,16 @@ class GLNet(nn.Module):
         drop_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         stages, self.feature_info, reduction, cursor = [], [], 4, 0
         self.mixer_configs = []  # GLMixConfig or None per stage (no inline annotation: torch.jit.script warns on it)
+        ignored: dict[str, list[int]] = {}  # shortcut -> stages where its branch is 'none'
         for i in range(n):
             kinds = _block_kinds(stage_mixers[i], depths[i], i)
             config = None
             if "glmix" in kinds:
-                config = _mixer_config(i, *(per_stage[k][i] for k in ("local", "global_branch", "fusion")),
-                                       {k: per_stage[k][i] for k in _SHORTCUTS})
+                config, ignored_here = _mixer_config(
+                    i, *(per_stage[k][i] for k in ("local", "global_branch", "fusion")),
+                    {k: per_stage[k][i] for k in _SHORTCUTS})
+                for key in ignored_here:
+                    ignored.setdefault(key, []).append(i)
             if "mha" in kinds or "mha_nchw" in kinds or config is not None:
                 check_head_dim(dims[i], head_dim, f"stage {i} (dims[{i}])")
             self.mixer_configs.append(config)
@@ -194,6 +246,13 @@ class GLNet(nn.Module):
             reduction *= 2 if i > 0 else 1
             stages.append(GLNetStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
+        if ignored:  # one line: keys grouped by the stages they were ignored in
+            groups: dict[tuple, list[str]] = {}
+            for key, stages_of_key in ignored.items():
+                groups.setdefault(tuple(stages_of_key), []).append(key)
+            notes = [f"{', '.join(keys)} (stage{'s' * (len(at) > 1)} {', '.join(map(str, at))})"
+                     for at, keys in groups.items()]
+            logger.info("GLNet: ignoring %s: the branch they set up is 'none'", "; ".join(notes))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)

@@ -11,7 +11,8 @@ from glnet_lightning.models.strategies import GLMixConfig
 
 def make_block(**kwargs) -> GLMixBlock:
     torch.manual_seed(0)
-    return GLMixBlock(16, GLMixConfig(global_branch={"name": "slots", "num_slots": 4}), head_dim=8, **kwargs).eval()
+    return GLMixBlock(16, GLMixConfig.from_spec(global_branch={"name": "slots", "num_slots": 4}), head_dim=8,
+                      **kwargs).eval()
 
 
 def hidden_shapes(block: GLMixBlock, x: torch.Tensor, grad: bool) -> tuple[torch.Tensor, list]:

@@ -9,7 +9,7 @@ from torch import nn
 from glnet_lightning.models import GLNet, resolve_strategy, strategy_names
 from glnet_lightning.models.local_branches import DWConvBranch, WindowAttentionBranch
 from glnet_lightning.models.slot_attention import KMeansClustering, SoftClustering, pixels_of
-from glnet_lightning.models.strategies import GLMixConfig, GLMixer, SlotAttentionGlobal
+from glnet_lightning.models.strategies import GLMixConfig, ParallelFusion, SlotAttentionGlobal
 
 # A GLNet small enough for unit tests: 4 stages, widths divisible by head_dim=16.
 TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), head_dim=16, num_slots=4, num_classes=7)
@@ -140,15 +140,15 @@ class _Scale(nn.Module):
     ("local_global", lambda h, x: 3 * h + (2 * 3 * h + x)),
 ])
 def test_fusion_orders(order, expected):
-    mixer = GLMixer(_Scale(3), _Scale(2, needs_input=True), order)
+    mixer = resolve_strategy("fusion", order).build(4, _Scale(3), _Scale(2, needs_input=True))
     h, x = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
     assert torch.allclose(mixer(h, x), expected(h, x))
 
 
 def test_single_branch_mixers():
     h, x = torch.randn(1, 4, 2, 2), torch.randn(1, 4, 2, 2)
-    assert torch.allclose(GLMixer(_Scale(3), None, "parallel")(h, x), 3 * h)
-    assert torch.allclose(GLMixer(None, _Scale(2, True), "parallel")(h, x), 2 * h + x)
+    assert torch.allclose(ParallelFusion().build(4, _Scale(3), None)(h, x), 3 * h)
+    assert torch.allclose(ParallelFusion().build(4, None, _Scale(2, True))(h, x), 2 * h + x)
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -162,7 +162,9 @@ def test_single_branch_mixers():
     (dict(fusion="global_local", global_branch="none"), r"fusion='global_local' chains both branches"),
     (dict(clustering="kmeans", num_slots=9), r"num_slots=9 is invalid for clustering='kmeans'.*power of two"),
     (dict(local="window_mhsa", kernel_size=3), r"kernel_size=3 applies to local='dwconv'"),
-    (dict(global_branch="none", num_slots=16), r"num_slots=16 applies to global_branch='slots'"),
+    (dict(global_branch="none", num_slots=-1), r"num_slots=-1 is invalid"),
+    (dict(global_branch="none", clustering="spectral"), r"unknown clustering strategy 'spectral'"),
+    (dict(local="none", kernel_size=4), r"kernel_size=4 is invalid.*odd"),
     (dict(local={"name": "dwconv", "kernal_size": 3}), r"no setting\(s\) \['kernal_size'\]"),
     (dict(num_slots=[4, 4]), r"num_slots has 2 entries but the model has 4 stages"),
     (dict(dims=(16, 32, 40, 64)), r"stage 2 \(dims\[2\]\): width 40 is not a multiple of head_dim=16"),
@@ -181,12 +183,13 @@ def test_strategy_names_are_listed():
 
 
 def test_specs_round_trip_through_plain_config():
-    config = GLMixConfig(local={"name": "window_mhsa", "window_size": 5},
-                         global_branch={"name": "slots", "num_slots": 16, "slot_init": "param", "clustering": {"name": "kmeans", "iters": 2}},
-                         fusion="local_global")
+    config = GLMixConfig.from_spec(local={"name": "window_mhsa", "window_size": 5},
+                                   global_branch={"name": "slots", "num_slots": 16, "slot_init": "param",
+                                                  "clustering": {"name": "kmeans", "iters": 2}},
+                                   fusion="local_global")
     spec = config.spec()
     assert spec["global_branch"]["clustering"] == {"name": "kmeans", "iters": 2, "seed": 0}
-    assert GLMixConfig(**spec) == config
+    assert GLMixConfig.from_spec(**spec) == config
     class_path = {"class_path": "glnet_lightning.models.strategies.DWConvLocal", "init_args": {"kernel_size": 7}}
     assert resolve_strategy("local", class_path).kernel_size == 7
 
@@ -196,3 +199,33 @@ def test_per_stage_settings():
     inits = [s.blocks[0].mixer.global_branch.slot_init.side for s in model.stages]
     kernels = [s.blocks[0].mixer.local_branch.dwconv.kernel_size[0] for s in model.stages]
     assert inits == [4, 3, 2, 1] and kernels == [7, 5, 3, 3]
+
+
+def test_shortcuts_of_an_absent_branch_are_checked_then_ignored_with_one_log_line(caplog):
+    with caplog.at_level("INFO", logger="glnet_lightning.models.glnet"):
+        model = GLNet(**{**TINY, "global_branch": "none", "clustering": "kmeans", "kernel_size": 3})
+    assert all(c is None or c.global_branch is None for c in model.mixer_configs)
+    assert model.mixer_configs[0].local.kernel_size == 3
+    notes = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]
+    assert notes == ["GLNet: ignoring num_slots, clustering (stages 0, 1, 2): the branch they set up is 'none'"]
+
+
+def test_shortcuts_of_one_branch_are_applied_together():
+    # num_slots=8 alone is not square for the default pooled init; with slot_init='param' it is fine
+    model = GLNet(**{**TINY, "num_slots": 8, "slot_init": "param", "clustering": "kmeans"})
+    glob = model.mixer_configs[0].global_branch
+    assert (glob.num_slots, glob.slot_init.name, glob.clustering.name) == (8, "param", "kmeans")
+
+
+def test_strategy_fields_hold_strategy_objects_not_names():
+    with pytest.raises(TypeError, match=r"SlotAttentionGlobal.clustering must be a ClusteringStrategy.*from_spec"):
+        SlotAttentionGlobal(num_slots=16, clustering="kmeans")
+    with pytest.raises(TypeError, match=r"GLMixConfig.local must be a LocalStrategy or None"):
+        GLMixConfig(local="dwconv")
+    glob = SlotAttentionGlobal.from_spec(num_slots=16, clustering={"name": "kmeans", "iters": 2})
+    assert glob.clustering == resolve_strategy("clustering", {"name": "kmeans", "iters": 2})
+
+
+def test_class_path_must_name_a_subclass_of_the_kinds_base():
+    with pytest.raises(ValueError, match=r"is not a subclass of LocalStrategy"):
+        resolve_strategy("local", {"class_path": "glnet_lightning.models.strategies.SoftClusteringStrategy"})
