@@ -205,7 +205,7 @@ def test_ddp_with_repeated_augmentation_resumes_to_the_same_weights(imagenet_tre
     check_resumes_exactly(console, subprocess_env(),
                           lambda run: imagenet_args(run, source, cpu_overrides, fit_args, devices=2),
                           # not yet exact from a checkpoint at the very end of an epoch under DDP (the next
-                          # epoch's repeated-aug order differs): docs/reliability.md
+                          # epoch's order is right, its augmentations differ): docs/reliability.md
                           tmp_path, sigterm_at=9, world_size=2, steps_per_epoch=None)
 
 
