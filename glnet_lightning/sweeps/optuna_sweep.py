@@ -18,7 +18,7 @@ on what is searched and how a trial is trained, so all of it lives in one versio
 
 Precedence for a trial's config: base < ``budget`` < ``--set`` < the trial's parameters.
 
-The search space (:func:`parse_space`). categorical parameters, each bound to a config key.
+The search space (:func:`parse_space`): categorical parameters, each bound to a config key.
 
 Why categorical only: the knobs worth searching here (slot number, depthwise kernel size) take a
 handful of legal values -- slots must be square for pooled slot init -- so a choice list is both the
