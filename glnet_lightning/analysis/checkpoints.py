@@ -19,7 +19,7 @@ from torch import nn
 from glnet_lightning.cli.errors import UserError
 from glnet_lightning.lit.checkpoint_io import read_checkpoint
 
-__all__ = ["CheckpointError", "LoadedModel", "Preprocess", "load_model", "model_kwargs_arg"]
+__all__ = ["CheckpointError", "LoadedModel", "Preprocess", "lightning_preprocess", "load_model", "model_kwargs_arg"]
 
 
 class CheckpointError(UserError, ValueError):
@@ -54,7 +54,7 @@ class LoadedModel:
     label: str  # short name for figure titles: file name and training step when known
 
 
-def _lightning_preprocess(checkpoint: dict[str, Any]) -> Preprocess:
+def lightning_preprocess(checkpoint: dict[str, Any]) -> Preprocess:
     """Normalisation of the data module the run trained with (its class attributes), at its image size.
 
     A data module with equal channel means trained on grey images expanded to three channels
@@ -90,7 +90,7 @@ def _from_lightning(path: Path, checkpoint: dict[str, Any], ema: bool | None) ->
         model = module.ema_model
     step = checkpoint.get("global_step")
     label = f"{path.name}" + (f" (step {step})" if step is not None else "") + (" EMA" if ema else "")
-    return LoadedModel(model.eval(), _lightning_preprocess(checkpoint), label)
+    return LoadedModel(model.eval(), lightning_preprocess(checkpoint), label)
 
 
 def _from_state_dict(path: Path, state: dict[str, Any], model_name: str | None,

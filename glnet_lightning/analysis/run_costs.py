@@ -10,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import torch
+
+from glnet_lightning.lit.checkpoint_io import read_checkpoint
+
+from .checkpoints import CheckpointError, lightning_preprocess
 
 __all__ = ["run_checkpoint", "measure_run", "measure_runs"]
 
@@ -33,9 +36,9 @@ def measure_run(checkpoint: Path, throughput: bool = True, **protocol: int) -> d
     from glnet_lightning.bench.cost import measure_cost
     from glnet_lightning.lit.factory import create_backbone
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = read_checkpoint(checkpoint, CheckpointError)
     hp = saved["hyper_parameters"]
-    size = int((saved.get("datamodule_hyper_parameters") or {}).get("image_size") or 224)
+    size = lightning_preprocess(saved).size
     model = create_backbone(hp["model_name"], hp.get("model_kwargs"), int(hp["num_classes"]), 0.0)
     figures = measure_cost(model, size, throughput=throughput, **protocol).figures()
     figures.pop("ms_per_batch", None)
