@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile-mode", choices=["default", "reduce-overhead", "max-autotune",
                                                    "max-autotune-no-cudagraphs"], default="default",
                         help="torch.compile mode, the same for every model")
+    parser.add_argument("--freezing", action="store_true",
+                        help="with --compile in infer mode: inductor freezing (weights become constants, so "
+                             "bias/GELU epilogues and weight packing fold into the GEMMs)")
     parser.add_argument("--conv-precision", choices=list(CPU_CONV_PRECISIONS), default="auto",
                         help="GLNet's convolutions under CPU autocast: auto (bf16 where oneDNN has native kernels "
                              "for this CPU, else float32), or force float32 / autocast")
@@ -69,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         specs=[parse_model_spec(text) for text in args.models], img_sizes=list(args.img_size),
         batch_size=default_batch_size(torch.cuda.is_available()) if args.batch_size is None else args.batch_size,
         precision=args.precision, mode=args.mode,
-        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode, warmup=args.warmup,
+        channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
+        freezing=args.freezing, warmup=args.warmup,
         repeats=args.repeats, num_classes=args.num_classes, gemm_size=args.gemm_size,
         probe_memory=not args.no_memory, conv_precision=args.conv_precision)
 

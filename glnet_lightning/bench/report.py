@@ -108,7 +108,8 @@ def header_lines(result: BenchResult) -> list[str]:
         f"GMACs: forward multiply-accumulates per image (FlopCounterMode FLOPs / 2); "
         f"GEMM%: 2*MACs*im/s / GEMM peak{train_note}",
         f"peak MB: {memory}" if cfg.probe_memory else "peak MB: not measured (--no-memory)",
-        *([f"compile: figures are the torch.compile'd model's (mode={cfg.compile_mode}); compile = its im/s / "
+        *([f"compile: figures are the torch.compile'd model's (mode={cfg.compile_mode}"
+           f"{', inductor freezing' if cfg.freezing else ''}); compile = its im/s / "
            "eager im/s (both timed in the same interleaved rounds); compile s = its first call (tracing, "
            "code generation and one step), before warm-up"] if cfg.compile else []),
         *(f"warning: {w}" for w in result.warnings),

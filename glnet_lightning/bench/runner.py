@@ -33,6 +33,7 @@ class BenchConfig:
     channels_last: bool = False
     compile: bool = False
     compile_mode: str = "default"  # torch.compile(mode=...) for every model alike
+    freezing: bool = False  # inductor freezing: weights as constants, so GEMM epilogues and weight packing fold in
     warmup: int = 3
     repeats: int = 10
     num_classes: int = 1000
@@ -93,6 +94,8 @@ def validate(config: BenchConfig) -> None:
             raise BenchError(f"{flag} must be >= 1, got {value}")
     if config.warmup < (1 if config.compile else 0):
         raise BenchError("--warmup must be >= 0 (>= 1 with --compile, to keep compilation out of the timings)")
+    if config.freezing and not (config.compile and config.mode == "infer"):
+        raise BenchError("--freezing applies to compiled inference only: add --compile and use --mode infer")
     if config.mode not in MODES:
         raise BenchError(f"unknown mode {config.mode!r}; choose from {', '.join(MODES)}")
     if config.mode == "train" and config.num_classes < 1:
@@ -140,6 +143,21 @@ def _counts(model, spec: ModelSpec, img_size: int, mode: str) -> tuple[int, int,
 
 def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
     """Build all models for one size, time them interleaved, return their rows."""
+    # inductor reads freezing when it compiles (the first call, below): scoped to this run, not left set
+    from torch._inductor import config as inductor_config  # imported only when a bench runs: it is heavy
+
+    if config.compile:
+        # dynamo reuses code compiled earlier in this process for another instance of the same model
+        # class (notebooks, tests, several sizes): start fresh, so "compile s" times a real compile
+        # and --freezing reaches inductor
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    with inductor_config.patch(freezing=config.freezing):
+        return _time_size(config, img_size)
+
+
+def _time_size(config: BenchConfig, img_size: int) -> list[Row]:
     device = torch.device(config.device)
     images, labels = make_batch(config.batch_size, img_size, config.num_classes, device, config.channels_last)
     counts, steps = [], []
@@ -152,7 +170,8 @@ def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
     compile_seconds = {}
     if config.compile:  # the first call compiles: timed on its own, outside warm-up and steady state
         for index, spec in enumerate(config.specs):
-            _progress(f"compiling {spec.text} at {img_size}px ({config.mode}, mode={config.compile_mode})")
+            _progress(f"compiling {spec.text} at {img_size}px ({config.mode}, mode={config.compile_mode}"
+                      f"{', freezing' if config.freezing else ''})")
             try:
                 compile_seconds[spec.text] = time_call(steps[2 * index + 1], device)
             except Exception as exc:

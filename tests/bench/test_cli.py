@@ -113,3 +113,33 @@ def test_compiled_run_reports_compile_time_apart_from_speed(mode, run_bench, tin
     assert row["compile_seconds"] > 0 and row["eager"]["median"] > 0 and row["throughput"]["median"] > 0
     assert math.isclose(row["compile_speedup"], row["throughput"]["median"] / row["eager"]["median"])
     assert "compile s" in out and f"compiling resnet10t at 32px ({mode}, mode=default)" in err
+
+
+def test_freezing_compiles_frozen_inference_graphs_and_leaves_inductor_as_found(run_bench, tiny_args, tmp_path):
+    """--freezing must reach inductor (its freezing pass runs) for this run only."""
+    import logging
+
+    from torch._inductor import config as inductor_config
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    freezing_log, records = logging.getLogger("torch._inductor.freezing"), Records()
+    previous_level = freezing_log.level
+    freezing_log.addHandler(records)
+    freezing_log.setLevel(logging.DEBUG)
+    try:
+        code, out, err = run_bench(["resnet10t", "--img-size", "32", *tiny_args, "--compile", "--freezing",
+                                    "--no-memory", "--json", str(tmp_path / "out.json")])
+    finally:
+        freezing_log.removeHandler(records)
+        freezing_log.setLevel(previous_level)
+    assert code == 0, err
+    assert any("FROZEN GRAPH" in message for message in records.messages)
+    assert "inductor freezing" in out and "(infer, mode=default, freezing)" in err
+    assert inductor_config.freezing is False

@@ -15,6 +15,8 @@ def test_unknown_model_suggests_close_names(run_bench, tiny_args):
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid on CUDA")),
     (["resnet10t", "--precision", "int8"], "invalid choice"),
     (["resnet10t", "--compile", "--warmup", "0"], "--warmup"),
+    (["resnet10t", "--freezing"], "--freezing applies to compiled inference only"),
+    (["resnet10t", "--compile", "--freezing", "--mode", "train"], "--freezing applies to compiled inference only"),
     (["resnet10t:depth"], "key=value"),
     (["resnet10t", "resnet10t"], "only once"),
 ])
