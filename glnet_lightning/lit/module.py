@@ -48,20 +48,33 @@ COMPILE_OPTIONS = ("mode", "fullgraph", "dynamic", "backend", "options")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _compile_options(compile: bool | dict[str, Any]) -> dict[str, Any] | None:
-    """``compile`` as ``torch.compile`` keyword arguments, or None for eager; bad keys or modes fail now."""
+def _compile_options(compile: bool | str | dict[str, Any]) -> dict[str, Any] | str | None:
+    """``compile`` as ``torch.compile`` keyword arguments, ``"auto"``, or None for eager; bad values fail now."""
     if compile is False or compile is None:
         return None
     if compile is True:
         return {}
+    if compile == "auto":
+        return "auto"
     if not isinstance(compile, dict):
-        raise ValueError(f"compile must be true, false or a mapping of torch.compile options, got {compile!r}")
+        raise ValueError(f"compile must be true, false, auto or a mapping of torch.compile options, got {compile!r}")
     unknown = sorted(set(compile) - set(COMPILE_OPTIONS))
     if unknown:
         raise ValueError(f"compile: unknown torch.compile option(s) {unknown}; choose from {list(COMPILE_OPTIONS)}")
     if compile.get("mode", "default") not in COMPILE_MODES:
         raise ValueError(f"compile.mode={compile['mode']!r}: choose one of {list(COMPILE_MODES)}")
     return dict(compile)
+
+
+def resolve_compile(options: dict[str, Any] | str | None, device: torch.device) -> dict[str, Any] | None:
+    """What ``compile: auto`` means on ``device``: compile with defaults on CUDA, eager elsewhere.
+
+    Decided when the Trainer has placed the run, from the device it trains on, not from one host's
+    measurements: inductor's GPU kernels are where compiling pays, while on a CPU the first steps spend
+    minutes compiling for little or no gain (docs/benchmarks.md)."""
+    if options != "auto":
+        return options
+    return {} if device.type == "cuda" else None
 
 
 def _images(batch: Any) -> torch.Tensor:
@@ -94,10 +107,10 @@ class GLNetModule(LightningModule):
             see :meth:`load_init_weights`.
         init_weights_key: which weights of an ``init_weights`` file that has both: ``ema``, ``raw``, or
             ``auto`` (EMA when present).
-        compile: ``torch.compile`` the backbone for training and evaluation: ``true`` (defaults) or
-            options, e.g. ``{mode: max-autotune-no-cudagraphs}`` (keys: :data:`COMPILE_OPTIONS`).
-            Compiled in place, so checkpoints and the EMA are those of the eager model. Pays on GPUs;
-            on a CPU the first steps spend minutes compiling.
+        compile: ``torch.compile`` the backbone for training and evaluation: ``true`` (defaults),
+            options, e.g. ``{mode: max-autotune-no-cudagraphs}`` (keys: :data:`COMPILE_OPTIONS`), or
+            ``auto``: compile on CUDA, eager on other devices (:func:`resolve_compile`; the ImageNet
+            configs use it). Compiled in place, so checkpoints and the EMA are those of the eager model.
     """
 
     def __init__(
@@ -124,7 +137,7 @@ class GLNetModule(LightningModule):
         nonfinite_loss: str = "stop",
         init_weights: str | None = None,
         init_weights_key: str = "auto",
-        compile: bool | dict[str, Any] = False,
+        compile: bool | str | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0:
@@ -252,8 +265,12 @@ class GLNetModule(LightningModule):
         # step ("Grad strides do not match bucket view strides"). Same values, matching strides.
         channels_last_conv_weights(self.model)
         # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy stay those of the eager model
-        if self._compile_options is not None and getattr(self.model, "_compiled_call_impl", None) is None:
-            self.model.compile(**self._compile_options)
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        options = resolve_compile(self._compile_options, device)
+        if self._compile_options == "auto":
+            rank_zero_info(f"compile: auto -> {'torch.compile' if options is not None else 'eager'} on {device.type}")
+        if options is not None and getattr(self.model, "_compiled_call_impl", None) is None:
+            self.model.compile(**options)
 
     def on_fit_start(self) -> None:
         self.load_init_weights()

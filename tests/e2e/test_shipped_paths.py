@@ -78,7 +78,8 @@ def test_imagenet_config_fits_validates_and_checkpoints(config, imagenet_tree, c
     ``glnet validate`` of its best checkpoint reproduces the logged top-1."""
     run = tmp_path / "run"
     common = ["--config", f"configs/{config}", "--data.root", str(imagenet_tree), *fit_args(cpu_overrides)]
-    _run([*console("glnet"), "fit", *common, "--trainer.default_root_dir", str(run)], subprocess_env())
+    fit = _run([*console("glnet"), "fit", *common, "--trainer.default_root_dir", str(run)], subprocess_env())
+    assert "compile: auto -> eager on cpu" in fit.stdout + fit.stderr  # the configs compile on CUDA only
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     assert (run / "config.yaml").is_file()
     logged = _scalars(run, "val/acc1")

@@ -166,8 +166,26 @@ def test_compile_option_compiles_the_backbone_in_place(tmp_path, data, make_trai
     assert names == {f"model.{k}" for k in module.model.state_dict()} and not any("_orig_mod" in n for n in names)
 
 
+def test_compile_auto_compiles_on_cuda_only_decided_from_the_trainers_device(tmp_path, data, make_trainer,
+                                                                          tiny_kwargs, caplog):
+    """The ImageNet configs' ``compile: auto``: torch.compile defaults on CUDA, eager on this CPU run."""
+    from glnet_lightning.lit.module import resolve_compile
+
+    assert resolve_compile("auto", torch.device("cuda", 3)) == {}
+    assert resolve_compile("auto", torch.device("cpu")) is None
+    assert resolve_compile({"mode": "max-autotune"}, torch.device("cpu")) == {"mode": "max-autotune"}
+    assert resolve_compile(None, torch.device("cuda")) is None
+    module = GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, warmup_epochs=0, ema_decay=None,
+                         slot_map_every_n_epochs=0, compile="auto")
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1).fit(module, datamodule=data)
+    assert getattr(module.model, "_compiled_call_impl", None) is None
+    assert "compile: auto -> eager on cpu" in caplog.text
+
+
 @pytest.mark.parametrize("compile, message", [({"mode": "fastest"}, "compile.mode='fastest'"),
-                                              ({"fullgrap": True}, "unknown torch.compile option")])
+                                              ({"fullgrap": True}, "unknown torch.compile option"),
+                                              ("always", "compile must be true, false, auto")])
 def test_bad_compile_options_fail_at_construction(compile, message, tiny_kwargs):
     with pytest.raises(ValueError, match=message):
         GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, compile=compile)
