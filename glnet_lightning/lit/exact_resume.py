@@ -78,7 +78,13 @@ class ExactResume(Callback):
         if not mine["loaders"] or fit_loop._combined_loader is None:
             set_rng_states(rng)
             return
-        epoch = fit_loop.epoch_progress.current.processed
+        progress = fit_loop.epoch_progress.current
+        finished = any(state.get("_iterator_finished") for state in mine["loaders"])  # torchdata: began anew
+        at_epoch_end = fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches and not finished
+        # saved once Lightning had counted the epoch as processed: it goes on in the next epoch with the
+        # restored iterator, without asking for a new one
+        continues_in_next_epoch = at_epoch_end and progress.processed == progress.started
+        epoch = progress.processed - 1 if continues_in_next_epoch else progress.processed  # the saved position's
         loaders = fit_loop._combined_loader.flattened
         for loader in loaders:  # the restored position is in this epoch's order
             _set_sampler_epoch(loader, epoch)
@@ -86,11 +92,11 @@ class ExactResume(Callback):
         fit_loop._combined_loader_states_to_load = []
         iter(fit_loop._data_fetcher)  # a new iterator, from the loaded state
         set_rng_states(rng)
-        finished = any(state.get("_iterator_finished") for state in mine["loaders"])  # torchdata: began anew
-        if fit_loop.epoch_loop.batch_progress.current.ready >= trainer.num_training_batches and not finished:
-            # saved after the epoch's last batch: Lightning goes on with the next epoch without asking for a
-            # new iterator, so start that epoch here as the uninterrupted run did (after the random state:
-            # a new iterator draws its workers' seed from it)
+        if continues_in_next_epoch:
+            # so start that epoch here, as the uninterrupted run did, after the random state (a new iterator
+            # draws its workers' seed from it). Saved before on_train_epoch_end (e.g. by the validation at the
+            # epoch's end), Lightning closes the epoch itself and makes the next epoch's iterator: a second one
+            # here would have the workers prefetch, and draw augmentations, for batches that are thrown away.
             for loader in loaders:
                 _set_sampler_epoch(loader, epoch + 1)
             iter(fit_loop._data_fetcher)

@@ -136,7 +136,7 @@ def assert_same_batches(reference: Path, resumed: Path, world_size: int) -> None
 
 
 def check_resumes_exactly(console, env, make_args, tmp_path: Path, sigterm_at: int, world_size: int = 1,
-                          steps_per_epoch: int | None = 12) -> None:
+                          steps_per_epoch: int = 12) -> None:
     """Left alone vs SIGTERM at ``sigterm_at`` + resume vs SIGKILL after the step-4 checkpoint + resume vs
     SIGKILL after the checkpoint at the end of the first epoch + resume (validation, which writes
     ``last.ckpt`` too, runs at half and at the end of each epoch: step 6 and later)."""
@@ -162,8 +162,6 @@ def check_resumes_exactly(console, env, make_args, tmp_path: Path, sigterm_at: i
     starts = [int(s) for s in (killed / "start-steps.txt").read_text().split()]
     assert starts == [0, STEP_CHECKPOINT_EVERY]
 
-    if steps_per_epoch is None:
-        return
     at_epoch_end = tmp_path / "epoch_end"  # the resumed run begins with a new epoch's order and augmentations
     _interrupt(console, env, make_args(at_epoch_end), at_epoch_end, steps_per_epoch + 1, signal.SIGKILL)
     assert _final(at_epoch_end)["global_step"] == steps_per_epoch
@@ -204,9 +202,7 @@ def test_ddp_with_repeated_augmentation_resumes_to_the_same_weights(imagenet_tre
     source = ["--data.root", str(imagenet_tree)]
     check_resumes_exactly(console, subprocess_env(),
                           lambda run: imagenet_args(run, source, cpu_overrides, fit_args, devices=2),
-                          # not yet exact from a checkpoint at the very end of an epoch under DDP (the next
-                          # epoch's order is right, its augmentations differ): docs/reliability.md
-                          tmp_path, sigterm_at=9, world_size=2, steps_per_epoch=None)
+                          tmp_path, sigterm_at=9, world_size=2, steps_per_epoch=12 // 2)
 
 
 def test_an_interrupted_ablation_variant_resumes_to_the_same_weights(fashion_mnist, console, subprocess_env, tmp_path):
