@@ -143,7 +143,6 @@ def _counts(model, spec: ModelSpec, img_size: int, mode: str) -> tuple[int, int,
 
 def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
     """Build all models for one size, time them interleaved, return their rows."""
-    # inductor reads freezing when it compiles (the first call, below): scoped to this run, not left set
     from torch._inductor import config as inductor_config  # imported only when a bench runs: it is heavy
 
     if config.compile:
@@ -153,6 +152,7 @@ def _size_rows(config: BenchConfig, img_size: int) -> list[Row]:
         import torch._dynamo
 
         torch._dynamo.reset()
+    # inductor reads freezing when it compiles (each model's first call): scoped to this run, not left set
     with inductor_config.patch(freezing=config.freezing):
         return _time_size(config, img_size)
 

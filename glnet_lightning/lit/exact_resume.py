@@ -94,9 +94,10 @@ class ExactResume(Callback):
         set_rng_states(rng)
         if continues_in_next_epoch:
             # so start that epoch here, as the uninterrupted run did, after the random state (a new iterator
-            # draws its workers' seed from it). Saved before on_train_epoch_end (e.g. by the validation at the
-            # epoch's end), Lightning closes the epoch itself and makes the next epoch's iterator: a second one
-            # here would have the workers prefetch, and draw augmentations, for batches that are thrown away.
+            # draws its workers' seed from it). Saved before Lightning counted the epoch as processed (e.g. by
+            # the validation at the epoch's end), Lightning closes the epoch itself and makes the next epoch's
+            # iterator: a second one here would have the workers prefetch, and draw augmentations, for batches
+            # that are thrown away.
             for loader in loaders:
                 _set_sampler_epoch(loader, epoch + 1)
             iter(fit_loop._data_fetcher)
