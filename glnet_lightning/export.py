@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from glnet_lightning.analysis.checkpoints import model_kwargs_arg
-from glnet_lightning.cli.errors import UserError, parse_args, report
+from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.errors import UserError
 
 __all__ = ["FORMATS", "MIN_SIDE", "ExportError", "StageOutputs", "check_format", "dynamic_shapes", "export_model",
            "load_exported", "verify_export", "within_tolerance", "main"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.errors import UserError
 from glnet_lightning.lit.slot_maps import global_branches, record_assignments
 
 from .kmedoids import KMedoids, kmedoids, pairwise_distances

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.errors import UserError
 from glnet_lightning.lit.checkpoint_io import read_checkpoint
 
 __all__ = ["CheckpointError", "LoadedModel", "Preprocess", "lightning_preprocess", "load_model", "model_kwargs_arg"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.errors import UserError
 
 from .checkpoints import Preprocess
 

@@ -3,7 +3,7 @@
 The CLI turns it into a one-line message and a non-zero exit code, so anything
 raised as ``BenchError`` must read well without a traceback.
 """
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.errors import UserError
 
 
 class BenchError(UserError):

@@ -13,7 +13,7 @@ import timm
 import torch.nn as nn
 
 import glnet_lightning.models  # noqa: F401  (registers the GLNet models with timm)
-from glnet_lightning.cli.config_edit import ConfigEditError, parse_assignments
+from glnet_lightning.config_edit import ConfigEditError, parse_assignments
 
 from .errors import BenchError
 

@@ -10,15 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["UserError", "exit_code", "parse_args", "report"]
-
-
-class UserError(Exception):
-    """A problem the user can fix (a file, an option, a setting); the message is shown as is, on one line.
-
-    The base of every such error in the package; subclasses that are also ``ValueError`` /
-    ``OSError`` say so themselves.
-    """
+__all__ = ["exit_code", "parse_args", "report"]
 
 
 def exit_code(exc: SystemExit) -> int:

@@ -53,7 +53,7 @@ from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
-from .errors import UserError
+from glnet_lightning.errors import UserError
 
 __all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
            "check_run_config"]

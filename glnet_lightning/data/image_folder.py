@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.errors import UserError
 
 __all__ = [
     "IMG_EXTENSIONS",

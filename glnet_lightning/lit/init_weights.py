@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.errors import UserError
 
 from .checkpoint_io import read_checkpoint
 from .ema import EMA_CHECKPOINT_KEY

@@ -1,7 +1,7 @@
 """Sweeps: sweep files (base config + per-variant overrides), the grid runner and the ablation table.
 
 ``load_sweep`` is the entry point; the CLIs live in :mod:`glnet_lightning.sweeps.cli`. Config
-editing (``--set``) is :mod:`glnet_lightning.cli.config_edit`, shared with every other command.
+editing (``--set``) is :mod:`glnet_lightning.config_edit`, shared with every other command.
 """
 from .grid import GridRunner
 from .sweep_file import PaperFigures, Sweep, SweepError, Variant, load_sweep

@@ -18,8 +18,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from glnet_lightning.cli.config_edit import apply_edits, parse_assignments
-from glnet_lightning.cli.errors import UserError, parse_args, report
+from glnet_lightning.config_edit import apply_edits, parse_assignments
+from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.errors import UserError
 
 from .grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
 from .sweep_file import load_sweep
@@ -177,7 +178,7 @@ def optuna_main(argv: list[str] | None = None) -> int:
     args = parse_args(build_optuna_parser(), argv)
     if isinstance(args, int):
         return args
-    from glnet_lightning.cli.config_edit import ConfigEditError, load_config, parse_assignments
+    from glnet_lightning.config_edit import ConfigEditError, load_config, parse_assignments
 
     from .optuna_sweep import load_optuna_sweep
 

@@ -55,7 +55,7 @@ from optuna.trial import TrialState
 
 from glnet_lightning.bench.cost import (DEFAULT_BATCH_SIZE, DEFAULT_REPEATS, DEFAULT_WARMUP, inference_throughput,
                                         measure_cost)
-from glnet_lightning.cli.config_edit import apply_edits
+from glnet_lightning.config_edit import apply_edits
 
 from .optuna_sweep import OptunaSweep, OptunaSweepError
 

@@ -39,8 +39,8 @@ from typing import Any
 
 import yaml
 
-from glnet_lightning.cli.config_edit import ConfigEditError, find_relative
-from glnet_lightning.cli.errors import UserError
+from glnet_lightning.config_edit import ConfigEditError, find_relative
+from glnet_lightning.errors import UserError
 
 __all__ = ["Param", "SearchSpace", "SpaceError", "parse_space", "Objective", "OptunaSweep", "OptunaSweepError",
            "load_optuna_sweep", "parse_objective", "MEASURED_METRICS"]

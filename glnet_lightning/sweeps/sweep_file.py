@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, find_relative, load_config
+from glnet_lightning.config_edit import ConfigEditError, apply_edits, find_relative, load_config
 
 __all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "load_sweep"]
 
@@ -80,7 +80,7 @@ class Sweep:
     variants: list[Variant]
 
     def base_config(self) -> dict[str, Any]:
-        """The base config with its sub-config files inlined (see :func:`~glnet_lightning.cli.config_edit.load_config`)."""
+        """The base config with its sub-config files inlined (see :func:`~glnet_lightning.config_edit.load_config`)."""
         if not self.base.is_file():
             raise SweepError(f"{self.path}: base config {self.base} does not exist (pass another with --base)")
         return load_config(self.base)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glnet_lightning.cli.config_edit import ConfigEditError, apply_edits, parse_assignment
+from glnet_lightning.config_edit import ConfigEditError, apply_edits, parse_assignment
 from glnet_lightning.sweeps import SweepError, load_sweep
 from glnet_lightning.sweeps.cli import grid_main
 from glnet_lightning.sweeps.grid import find_last_checkpoint, read_status

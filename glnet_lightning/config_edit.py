@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from glnet_lightning.errors import UserError
 
 __all__ = ["ConfigEditError", "load_config", "parse_assignment", "parse_assignments", "set_dotted", "apply_edits",
            "find_relative"]
