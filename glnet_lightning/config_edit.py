@@ -9,7 +9,10 @@ something other than what the README's command trains. Three rules make that so:
   written config no longer depends on where it is stored;
 - values are YAML, with YAML 1.2 numbers (``2e-3`` is the float 0.002, as jsonargparse reads it);
 - a dotted key that passes through a ``{class_path, init_args}`` block lands in ``init_args``
-  (``data.root`` -> ``data.init_args.root``), which is LightningCLI's own shorthand.
+  (``data.root`` -> ``data.init_args.root``), which is LightningCLI's own shorthand; so does a key
+  below a class given by name alone (``model.backbone.num_slots`` on ``backbone: glnet_stl``), and a
+  class name set over such a block keeps its ``init_args``, as LightningCLI keeps the ones given, and a
+  mapping without ``class_path`` set on it updates those ``init_args``, as on LightningCLI's command line.
 
 Every failure is a :class:`ConfigEditError` whose message names the offending key or file.
 """
@@ -107,12 +110,29 @@ def set_dotted(config: dict, dotted: str, value: Any) -> None:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
+        elif isinstance(child, str) and _is_class_name(child):
+            child = node[part] = {"class_path": child, "init_args": {}}
         elif not isinstance(child, dict):
             raise ConfigEditError(f"cannot set {dotted}: {'.'.join(parts[:depth + 1])} is {child!r}, not a mapping")
         node = child
     if "class_path" in node and parts[-1] not in ("class_path", "init_args"):
         node = _init_args(node)
+    current = node.get(parts[-1])
+    if isinstance(current, str) and _is_class_name(current) and isinstance(value, Mapping) and "class_path" not in value:
+        current = node[parts[-1]] = {"class_path": current, "init_args": {}}
+    if isinstance(current, dict) and "class_path" in current:
+        if isinstance(value, str) and _is_class_name(value):
+            current["class_path"] = value  # another class, the same explicitly given init_args
+            return
+        if isinstance(value, Mapping) and "class_path" not in value:
+            _init_args(current).update(copy.deepcopy(dict(value)))  # settings of the class already chosen
+            return
     node[parts[-1]] = copy.deepcopy(value)
+
+
+def _is_class_name(text: str) -> bool:
+    """A value LightningCLI reads as a class (``glnet_stl``, ``pkg.mod.Class``), not a path or free text."""
+    return text.replace(".", "").replace("_", "").isalnum() and not text.endswith((".yaml", ".yml"))
 
 
 def apply_edits(config: Mapping[str, Any], *edits: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,12 +34,12 @@ def measure_run(checkpoint: Path, throughput: bool = True, **protocol: int) -> d
     """``params_m``, ``gmacs`` (and ``throughput`` im/s) of the model a ``fit`` checkpoint describes
     (``protocol``: ``batch_size`` / ``warmup`` / ``repeats`` of :func:`~glnet_lightning.bench.cost.measure_cost`)."""
     from glnet_lightning.bench.cost import measure_cost
-    from glnet_lightning.lit.factory import create_backbone
+    from glnet_lightning.models.backbone import resolve_backbone
 
     saved = read_checkpoint(checkpoint, CheckpointError)
     hp = saved["hyper_parameters"]
     size = lightning_preprocess(saved).size
-    model = create_backbone(hp["model_name"], hp.get("model_kwargs"), int(hp["num_classes"]), 0.0)
+    model = resolve_backbone(hp["backbone"]).build(int(hp["num_classes"]))
     figures = measure_cost(model, size, throughput=throughput, **protocol).figures()
     figures.pop("ms_per_batch", None)
     return {**figures, "image_size": float(size)}

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import timm
 import torch.nn as nn
 
-import glnet_lightning.models  # noqa: F401  (registers the GLNet models with timm)
 from glnet_lightning.config_edit import ConfigEditError, parse_assignments
+from glnet_lightning.models.backbone import resolve_backbone
 
 from .errors import BenchError
 
@@ -68,12 +68,12 @@ def build_model(spec: ModelSpec, img_size: int, num_classes: int) -> nn.Module:
     Models whose constructor takes ``img_size`` (ViT, Swin, ...) are rebuilt for
     the requested size; the others are resolution-agnostic already.
     """
-    kwargs = {"num_classes": num_classes, **spec.kwargs}
     try:
-        model = timm.create_model(spec.name, pretrained=False, **kwargs)
-        if ("img_size" not in kwargs and _takes_img_size(model)
+        description = resolve_backbone(spec.name, **spec.kwargs)  # the one way from a description to a model
+        model = description.build(num_classes)
+        if ("img_size" not in spec.kwargs and _takes_img_size(model)
                 and _default_img_size(model) != img_size):
-            model = timm.create_model(spec.name, pretrained=False, img_size=img_size, **kwargs)
+            model = description.build(num_classes, img_size=img_size)
     except Exception as exc:
         raise BenchError(f"cannot create {spec.text!r}: {type(exc).__name__}: {exc}") from exc
     return model

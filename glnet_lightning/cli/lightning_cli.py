@@ -2,7 +2,7 @@
 
 Why a subclass: it fixes the project's run layout and defaults in one place —
 - one directory per run: TensorBoard events, ``config.yaml`` and ``checkpoints/`` all go straight
-  into ``--trainer.default_root_dir`` (default ``runs/<model_name>``; no ``lightning_logs/version_N``
+  into ``--trainer.default_root_dir`` (default ``runs/<backbone name>``; no ``lightning_logs/version_N``
   nesting), unless the user configures ``--trainer.logger`` themselves;
 - checkpoints: ``checkpoints/last.ckpt`` (every epoch, :class:`~glnet_lightning.lit.RunCheckpoint`)
   and ``checkpoints/best.ckpt`` (by ``val/acc1``), written atomically
@@ -21,6 +21,7 @@ Why a subclass: it fixes the project's run layout and defaults in one place —
 """
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -48,7 +49,7 @@ from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWrite
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
 from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
 from glnet_lightning.lit.init_weights import InitWeightsError
-from glnet_lightning.lit.factory import check_backbone_config
+from glnet_lightning.models.backbone import check_backbone, resolve_backbone
 from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
@@ -68,7 +69,7 @@ CHECKPOINT_DEFAULTS: dict[str, Any] = {
     "auto_insert_metric_name": False,
 }
 
-#: Where a run goes when neither the config nor the command line says: ``runs/<model_name>``.
+#: Where a run goes when neither the config nor the command line says: ``runs/<backbone name>``.
 RUNS_DIR = "runs"
 
 # Errors that mean "the configuration is wrong", as opposed to a bug or a failure during training.
@@ -99,10 +100,55 @@ class SaveFitConfig(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+def _backbone_message(text: str) -> str | None:
+    """jsonargparse's report on ``model.backbone`` as one line naming the setting and what to write instead."""
+    m = re.match(r'Parser key "([^"]*backbone)": (.*)$', text)
+    if not m:
+        return None
+    key, rest = m.groups()
+    if "Expected a dot import path string" in rest or "does not correspond to a subclass" in rest:
+        from glnet_lightning.models.glnet import NAMED_MODELS
+
+        given = re.search(r"import path string: (\S+)", rest) or re.search(r"path (\S+) does not", rest)
+        name = given.group(1) if given else "?"
+        close = difflib.get_close_matches(name, list(NAMED_MODELS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return (f"{key}: unknown model {name!r}; {hint}named GLNet models are {list(NAMED_MODELS)} "
+                f"(or GLNetArgs, TimmModel, a full class path)")
+    m = re.match(r"Problem with given class_path '([^']+)': (.*)$", rest)
+    if not m:
+        return None
+    class_path, reason = m.groups()
+    short = class_path.rpartition(".")[2]
+    option = re.match(r"Option '([^']+)' is not accepted", reason)
+    if option:
+        from glnet_lightning.models.backbone import resolve_backbone
+
+        try:
+            settings = list(resolve_backbone(class_path).settings())
+        except (ValueError, TypeError):
+            settings = []
+        close = difflib.get_close_matches(option.group(1), settings, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; its settings are {settings}"
+        return f"{key}.{option.group(1)}: {short} has no such setting{hint}"
+    nested = re.match(r'Parser key "([^"]+)": (.*)$', reason)
+    if nested:
+        return _union_reason(f'Parser key "{key}.{nested.group(1)}": {nested.group(2)}')
+    return f"{key} ({short}): {reason}"
+
+
 def _one_line(exc: BaseException) -> str:
     """The message on one line; jsonargparse's union-type reports are cut down to the real reason."""
     text = " ".join(str(exc).split())
     text = re.sub(r"^Call to compute_fn of link '[^']*' with args .*?\) failed: ", "", text)
+    backbone = _backbone_message(text)
+    if backbone is not None:
+        return _union_reason(backbone)
+    return _union_reason(text) or type(exc).__name__
+
+
+def _union_reason(text: str) -> str:
+    """A jsonargparse union-type report cut down to the real reason, or the text as it is."""
     if "Does not validate against any of the Union subtypes" in text and " Errors: - " in text:
         key = re.match(r'Parser key "([^"]+)":', text)
         errors = text.split(" Errors: - ", 1)[1].split(" Given value type: ")[0]
@@ -113,7 +159,7 @@ def _one_line(exc: BaseException) -> str:
             text += f" (given: {given.group(1)})"
         if key:
             text = f"{key.group(1)}: {text}"
-    return text or type(exc).__name__
+    return text
 
 
 class GLNetCLI(LightningCLI):
@@ -160,12 +206,13 @@ class GLNetCLI(LightningCLI):
         model = config.get("model")
         if model is None:
             return
-        if config.get("trainer") is not None and not config.trainer.get("default_root_dir"):
-            config.trainer.default_root_dir = os.path.join(RUNS_DIR, model.model_name)
         try:
-            backbone = check_backbone_config(model.model_name, model.model_kwargs, 1000, model.drop_path_rate)
-        except ValueError as exc:
-            raise ConfigError(f"model: {_one_line(exc)}") from exc
+            description = resolve_backbone(model.backbone)
+            backbone = check_backbone(description, 1000, model.drop_path_rate)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"model.backbone: {_one_line(exc)}") from exc
+        if config.get("trainer") is not None and not config.trainer.get("default_root_dir"):
+            config.trainer.default_root_dir = os.path.join(RUNS_DIR, description.name)
         _check_image_size(config.get("data"), backbone)
         init_weights = model.get("init_weights")
         if init_weights and not config.get("ckpt_path") and not Path(init_weights).expanduser().is_file():

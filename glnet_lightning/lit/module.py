@@ -21,10 +21,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from glnet_lightning.models.backbone import Backbone, resolve_backbone
 from glnet_lightning.models.layers import channels_last_conv_weights
 
 from .ema import EMA_CHECKPOINT_KEY, EmaWeights
-from .factory import create_backbone
 from .init_weights import INIT_WEIGHTS_KEYS, load_init_weights
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
 from .nonfinite import NonFiniteLossGuard
@@ -85,8 +85,9 @@ class GLNetModule(LightningModule):
     """Image classification with the GLNet recipe.
 
     Args:
-        model_name: a timm model name (``glnet_stl``, ``glnet_4g``, ... or any timm model).
-        model_kwargs: extra constructor arguments, e.g. ``depths``, ``dims``, ``num_slots``, strategies.
+        backbone: the network, every setting of it: a named GLNet (``glnet_stl``, ``glnet_4g``, ... with any
+            field changed, e.g. ``num_slots``), ``GLNetArgs`` for a GLNet of your own, or ``TimmModel`` for any
+            other timm model (models/backbone.py). Checkpoints store it whole and rebuild exactly this network.
         num_classes: classifier width (the CLI links it to the data module's ``num_classes``).
         drop_path_rate: stochastic depth (0.1 / 0.15 / 0.3 / 0.4 for STL / 4G / 9G / 16G).
         lr: peak learning rate for a global batch of ``base_batch_size``; scaled linearly by the
@@ -115,8 +116,7 @@ class GLNetModule(LightningModule):
 
     def __init__(
         self,
-        model_name: str = "glnet_stl",
-        model_kwargs: dict[str, Any] | None = None,
+        backbone: Backbone,
         num_classes: int = 1000,
         drop_path_rate: float = 0.1,
         lr: float = 2e-3,
@@ -150,8 +150,13 @@ class GLNetModule(LightningModule):
             raise ValueError(f"init_weights_key={init_weights_key!r}: choose one of {list(INIT_WEIGHTS_KEYS)}")
         self._compile_options = _compile_options(compile)
         self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss)  # validates the policy
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.backbone = resolve_backbone(backbone)
         self.save_hyperparameters()
-        self.model = create_backbone(model_name, model_kwargs, num_classes, drop_path_rate)
+        # the whole description as plain data, so a checkpoint rebuilds this network whatever the defaults become
+        self.hparams["backbone"] = self.backbone.describe()
+        self.model = self.backbone.build(num_classes, drop_path_rate)
         self.mixup_fn = build_mixup(num_classes, mixup, cutmix, mixup_prob, mixup_switch_prob, label_smoothing)
         self.train_criterion = build_train_criterion(self.mixup_fn is not None, label_smoothing)
         self.ema = EmaWeights(ema_decay, ema_warmup) if ema_decay is not None else None

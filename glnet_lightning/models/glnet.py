@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -23,13 +24,14 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
+from .backbone import Backbone
 from .blocks import BLOCK_TYPES, GLMixBlock
 from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting
 from .official import (check_fits, convert_official_state_dict, is_official_state_dict, official_kwargs_to_ours,
                        unwrap_state_dict)
-from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal
+from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal, resolve_strategy
 
-__all__ = ["GLNet", "GLNetStage", "checkpoint_filter_fn", "glnet_from_official_kwargs"]
+__all__ = ["GLNet", "GLNetArgs", "GLNetStage", "NAMED_MODELS", "checkpoint_filter_fn", "glnet_from_official_kwargs"]
 
 logger = logging.getLogger(__name__)
 
@@ -423,37 +425,192 @@ default_cfgs = generate_default_cfgs({
     "glnet_16g.in1k": _cfg(),
 })
 
-STL_ARGS = dict(depths=(2, 2, 6, 2), dims=(96, 192, 384, 768), stage_mixers=("glmix", "glmix", "glmix", "mha"),
-                mlp_ratios=4.0, stem="patch", transition="norm_conv")
-G_FAMILY_ARGS = dict(depths=(4, 4, 18, 4), stage_mixers=("glmix", "glmix", "glmix.mha_nchw", "mha_nchw"),
-                     mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True)
+
+# ------------------------------------------------------------------ the description of a GLNet
+Spec = Union[str, Dict[str, Any], None]
+StageSpec = Union[str, Dict[str, Any], List[Union[str, Dict[str, Any], None]], None]
+
+# strategy field of the description -> (strategy kind, None allowed, the shortcut fields that are
+# the description's own fields and so are left out of the strategy's recorded spec)
+_STRATEGY_FIELDS = {
+    "local": ("local", True, ("kernel_size", "window_size")),
+    "global_branch": ("global", True, ("num_slots", "slot_init", "clustering")),
+    "fusion": ("fusion", False, ()),
+    "slot_init": ("slot_init", False, ()),
+    "clustering": ("clustering", False, ()),
+}
 
 
-@register_model
-def glnet_stl(pretrained: bool = False, **kwargs) -> GLNet:
-    """GLNet-STL: Swin-T layout, GLMix in stages 1-3 (30.3 M params, 4.4 GMACs)."""
-    return _create_glnet("glnet_stl", pretrained, **{**STL_ARGS, **kwargs})
+def _stage_values(value: Any, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-@register_model
-def glnet_stl_paramslot(pretrained: bool = False, **kwargs) -> GLNet:
-    """GLNet-STL with learned (static) slot initialisation."""
-    return _create_glnet("glnet_stl_paramslot", pretrained, **{**STL_ARGS, "slot_init": "param", **kwargs})
+def _recorded_spec(kind: str, spec: Any, allow_none: bool, own: Sequence[str]) -> Any:
+    """A strategy spec with every setting spelled out (so a run records it), less the settings that are
+    the description's own fields."""
+    strategy = resolve_strategy(kind, spec, allow_none=allow_none)
+    if strategy is None:
+        return "none"
+    full = strategy.spec()
+    if set(full) == {"name"}:
+        return full["name"]
+    if "class_path" in full:
+        return {"class_path": full["class_path"], "init_args": {k: v for k, v in full["init_args"].items() if k not in own}}
+    return {k: v for k, v in full.items() if k not in own}
 
 
-@register_model
-def glnet_4g(pretrained: bool = False, **kwargs) -> GLNet:
-    """GLNet-4G (27.0 M params, 4.5 GMACs)."""
-    return _create_glnet("glnet_4g", pretrained, **{**G_FAMILY_ARGS, "dims": (64, 128, 256, 512), **kwargs})
+def _explicit(spec: Any) -> dict[str, Any]:
+    """The settings a strategy dict spells out itself."""
+    if not isinstance(spec, dict):
+        return {}
+    return dict(spec.get("init_args") or {}) if "class_path" in spec else {k: v for k, v in spec.items() if k != "name"}
 
 
-@register_model
-def glnet_9g(pretrained: bool = False, **kwargs) -> GLNet:
-    """GLNet-9G (60.0 M params, 9.6 GMACs)."""
-    return _create_glnet("glnet_9g", pretrained, **{**G_FAMILY_ARGS, "dims": (96, 192, 384, 768), **kwargs})
+@dataclass
+class GLNetArgs(Backbone):
+    """Everything that decides a GLNet: the description a run records and rebuilds its network from.
+
+    The named models (``glnet_stl`` ...) are this class with other defaults (``NAMED_MODELS``). The
+    settings of the built-in strategies are fields of their own (``kernel_size`` for ``local=dwconv``,
+    ``num_slots`` / ``slot_init`` / ``clustering`` for ``global_branch=slots``, ...) and are unused by a
+    strategy that has no such setting; per stage when given a list of 4.
+
+    Args:
+        depths: number of blocks in each stage.
+        dims: channel width of each stage (a multiple of head_dim where attention runs).
+        stage_mixers: block type per stage: glmix, mha, mha_nchw, or a dotted alternation such as glmix.mha_nchw.
+        mlp_ratios: MLP hidden width over block width, for all stages or one per stage.
+        head_dim: channels per attention head.
+        stem: input stem: patch (4x4 patches) or overlap (two strided 3x3 convs).
+        transition: downsampling between stages: norm_conv or conv_norm.
+        cpe_kernel: kernel of the conditional position encoding before each block; 0 for none.
+        mlp_dwconv: a depthwise 3x3 conv inside the MLP (the 4G family).
+        layer_scale: initial layer-scale value of the residual branches; null for none.
+        local: local branch: dwconv, window_mhsa, none, or a strategy mapping (name or class_path).
+        global_branch: global branch: slots, none, or a strategy mapping.
+        fusion: how the branches combine: parallel, global_local, local_global, or a strategy mapping.
+        kernel_size: depthwise kernel of the dwconv local branch.
+        window_size: window side of the window_mhsa local branch.
+        num_slots: slot count of the slots global branch.
+        slot_init: slot initialisation of the slots branch: pool, param, or a strategy mapping.
+        clustering: clustering of the slots branch: soft, kmeans, or a strategy mapping.
+        in_chans: input image channels.
+        drop_rate: dropout before the classifier.
+    """
+
+    depths: List[int] = field(default_factory=lambda: [2, 2, 6, 2])
+    dims: List[int] = field(default_factory=lambda: [96, 192, 384, 768])
+    stage_mixers: List[str] = field(default_factory=lambda: ["glmix", "glmix", "glmix", "mha"])
+    mlp_ratios: Union[float, List[float]] = 4.0
+    head_dim: int = 32
+    stem: Literal["patch", "overlap"] = "patch"
+    transition: Literal["norm_conv", "conv_norm"] = "norm_conv"
+    cpe_kernel: int = 0
+    mlp_dwconv: bool = False
+    layer_scale: Optional[float] = None
+    local: StageSpec = "dwconv"
+    global_branch: StageSpec = "slots"
+    fusion: StageSpec = "parallel"
+    kernel_size: Union[int, List[int]] = 5
+    window_size: Union[int, List[int]] = 7
+    num_slots: Union[int, List[int]] = 64
+    slot_init: StageSpec = "pool"
+    clustering: StageSpec = "soft"
+    in_chans: int = 3
+    drop_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Spell every strategy out (a run records kmeans' iterations, not just 'kmeans'), and refuse a
+        # strategy mapping that sets one of the description's own fields to another value.
+        n = len(self.depths) if isinstance(self.depths, (list, tuple)) else 1
+        for name, (kind, allow_none, own) in _STRATEGY_FIELDS.items():
+            value = getattr(self, name)
+            stages = _stage_values(value, n)
+            for i, spec in enumerate(stages):
+                for key, given in _explicit(spec).items():
+                    if key in own and _stage_values(getattr(self, key), n)[i] not in (given, None):
+                        raise ValueError(
+                            f"{name} sets {key}={given!r} but {key} is {getattr(self, key)!r}: set {key} itself "
+                            f"(it is a setting of the description)")
+            recorded = [_recorded_spec(kind, spec, allow_none, own) for spec in stages]
+            setattr(self, name, recorded if isinstance(value, (list, tuple)) else recorded[0])
+        for name in ("depths", "dims", "stage_mixers"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__ if type(self).__name__ in NAMED_MODELS else "glnet"
+
+    def glnet_kwargs(self) -> dict[str, Any]:
+        """``GLNet`` constructor arguments: a strategy setting goes only to the stages whose strategy has it."""
+        kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        n = len(self.depths)
+        for key, (attr, _cls, fld) in _SHORTCUTS.items():
+            kind, allow_none, _own = _STRATEGY_FIELDS[attr]
+            strategies = [resolve_strategy(kind, s, allow_none=allow_none)
+                          for s in _stage_values(getattr(self, attr), n)]
+            values = _stage_values(getattr(self, key), n)
+            kwargs[key] = [v if s is not None and fld in {f.name for f in dataclasses.fields(s)} else None
+                           for v, s in zip(values, strategies)]
+        return kwargs
+
+    def build(self, num_classes: int = 1000, drop_path_rate: float = 0.0, **timm_kwargs: Any) -> GLNet:
+        variant = type(self).__name__ if type(self).__name__ in NAMED_MODELS else "glnet_stl"
+        pretrained = timm_kwargs.pop("pretrained", False)
+        return _create_glnet(variant, pretrained, num_classes=num_classes, drop_path_rate=drop_path_rate,
+                             **self.glnet_kwargs(), **timm_kwargs)
 
 
-@register_model
-def glnet_16g(pretrained: bool = False, **kwargs) -> GLNet:
-    """GLNet-16G (106.1 M params, 16.7 GMACs), layer scale 1e-4."""
-    return _create_glnet("glnet_16g", pretrained, **{**G_FAMILY_ARGS, "dims": (128, 256, 512, 1024), "layer_scale": 1e-4, **kwargs})
+#: The published named models: the one table of their settings (the rest are GLNetArgs' defaults).
+NAMED_MODELS: dict[str, dict[str, Any]] = {
+    "glnet_stl": dict(
+        __doc__="GLNet-STL: Swin-T layout, GLMix in stages 1-3 (30.3 M params, 4.4 GMACs)."),
+    "glnet_stl_paramslot": dict(
+        slot_init="param", __doc__="GLNet-STL with learned (static) slot initialisation (30.5 M params)."),
+    "glnet_4g": dict(
+        depths=[4, 4, 18, 4], dims=[64, 128, 256, 512], stage_mixers=["glmix", "glmix", "glmix.mha_nchw", "mha_nchw"],
+        mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True,
+        __doc__="GLNet-4G (27.0 M params, 4.5 GMACs)."),
+    "glnet_9g": dict(
+        depths=[4, 4, 18, 4], dims=[96, 192, 384, 768], stage_mixers=["glmix", "glmix", "glmix.mha_nchw", "mha_nchw"],
+        mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True,
+        __doc__="GLNet-9G (60.0 M params, 9.6 GMACs)."),
+    "glnet_16g": dict(
+        depths=[4, 4, 18, 4], dims=[128, 256, 512, 1024], stage_mixers=["glmix", "glmix", "glmix.mha_nchw", "mha_nchw"],
+        mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True, layer_scale=1e-4,
+        __doc__="GLNet-16G (106.1 M params, 16.7 GMACs), layer scale 1e-4."),
+}
+
+_ARG_FIELDS = {f.name: f for f in dataclasses.fields(GLNetArgs)}
+
+
+def _named_description(name: str, settings: dict[str, Any]) -> type[GLNetArgs]:
+    """``GLNetArgs`` with the named model's defaults: a class, so LightningCLI takes ``backbone: glnet_stl``
+    and prints every field with the named model's value."""
+    doc = settings.get("__doc__", name)
+    fields = []
+    for key, value in settings.items():
+        if key == "__doc__":
+            continue
+        default = field(default_factory=lambda v=value: list(v)) if isinstance(value, list) else field(default=value)
+        fields.append((key, _ARG_FIELDS[key].type, default))
+    cls = dataclasses.make_dataclass(name, fields, bases=(GLNetArgs,), namespace={"__doc__": f"{doc}\n\n{GLNetArgs.__doc__.split(chr(10), 1)[1]}"})
+    cls.__module__ = __name__
+    return cls
+
+
+def _entrypoint(name: str):
+    def create(pretrained: bool = False, **kwargs: Any) -> GLNet:
+        description = {k: kwargs.pop(k) for k in list(kwargs) if k in _ARG_FIELDS}
+        return globals()[name](**description).build(pretrained=pretrained, **kwargs)
+
+    create.__name__ = create.__qualname__ = name
+    create.__module__ = __name__
+    create.__doc__ = NAMED_MODELS[name].get("__doc__")
+    return create
+
+
+for _name, _settings in NAMED_MODELS.items():
+    globals()[_name] = _named_description(_name, _settings)  # the description, by the model's name
+    register_model(_entrypoint(_name))  # timm.create_model(name, ...)

@@ -34,7 +34,7 @@ def _sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run / show only these variants")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="edit the base config before the variant overrides (dotted key, YAML value), "
-                             "e.g. --set model.model_kwargs.depths=[1,1,1,1]; repeatable")
+                             "e.g. --set model.backbone.depths=[1,1,1,1]; repeatable")
     parser.add_argument("--base", help="use this base config instead of the sweep file's")
     parser.add_argument("--runs", type=Path, help="one subdirectory per variant (default runs/<sweep name>)")
 

@@ -26,9 +26,9 @@ honest space and what lets the grid sampler enumerate it. Format (in the sweep f
 
     search_space:
       num_slots: [9, 16, 25, 36, 49, 64, 81]        # short form: the choices
-      kernel_size: {choices: [3, 5, 7], per_stage: false, key: model.model_kwargs.kernel_size}
+      kernel_size: {choices: [3, 5, 7], per_stage: false, key: model.backbone.kernel_size}
 
-``key`` defaults to ``model.model_kwargs.<name>``. ``per_stage: true`` suggests one value per stage
+``key`` defaults to ``model.backbone.<name>``. ``per_stage: true`` suggests one value per stage
 (parameters ``<name>_stage1`` .. ``<name>_stage4``) and sets the key to the list of four.
 """
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _param(name: str, raw: Any) -> Param:
         raise SpaceError(f"search_space.{name}: duplicate choices in {choices}")
     if not all(c is None or isinstance(c, (bool, int, float, str)) for c in choices):
         raise SpaceError(f"search_space.{name}: choices must be numbers, strings, booleans or null")
-    key = raw.get("key") or f"model.model_kwargs.{name}"
+    key = raw.get("key") or f"model.backbone.{name}"
     return Param(name=name, choices=tuple(choices), key=str(key), per_stage=bool(raw.get("per_stage", False)))
 
 

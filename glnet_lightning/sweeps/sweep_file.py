@@ -9,8 +9,7 @@ for that row, so the table can print them beside ours). Format::
       - name: local_only
         label: local branch only            # optional, shown in the table
         overrides:
-          model.model_kwargs.global_branch: none
-          model.model_kwargs.num_slots: null   # null removes a shortcut the base may set
+          model.backbone.global_branch: none   # a field of the network's description (models/backbone.py)
         paper: {gflops: 3.8, params_m: 26.4, throughput: 835.9, top1: 81.8}
 
 A sweep may instead say ``variants_from: other.yaml`` (relative to itself) to run another file's
@@ -64,11 +63,15 @@ class Variant:
 
     def build_model(self, num_classes: int = 1000, extra: Mapping[str, Any] | None = None):
         """The backbone ``fit`` would train for this variant (weights freshly initialised)."""
-        from glnet_lightning.lit.factory import create_backbone
+        from glnet_lightning.models.backbone import resolve_backbone
 
         model = self.config(extra).get("model") or {}
-        return create_backbone(model.get("model_name", "glnet_stl"), model.get("model_kwargs"), num_classes,
-                               float(model.get("drop_path_rate", 0.0)))
+        if "backbone" not in model:
+            raise SweepError(f"{self.sweep.path}: variant {self.name!r}: the config sets no model.backbone")
+        try:
+            return resolve_backbone(model["backbone"]).build(num_classes, float(model.get("drop_path_rate", 0.0)))
+        except (ValueError, TypeError) as exc:
+            raise SweepError(f"{self.sweep.path}: variant {self.name!r}: model.backbone: {exc}") from exc
 
 
 @dataclass(frozen=True)

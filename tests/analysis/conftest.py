@@ -51,7 +51,7 @@ def tiny_runs(fashion_mnist, tmp_path_factory) -> TinyRuns:
     early = root / "early.ckpt"
     shutil.copy(stl / "checkpoints" / "last.ckpt", early)
     _fit([*tiny_args(stl, train_batches=2, val_batches=1, epochs=2), "--ckpt_path", "last"])
-    local_only = ("--model.model_kwargs={depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], head_dim: 16, "
+    local_only = ("--model.backbone={depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], head_dim: 16, "
                   "stage_mixers: [glmix, glmix, glmix, glmix], global_branch: none, num_slots: null}")
     _fit([*tiny_args(runs_dir / "local_only", train_batches=2, val_batches=1), local_only])
     return TinyRuns(runs_dir, early, stl / "checkpoints" / "last.ckpt")

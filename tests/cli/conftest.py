@@ -34,7 +34,7 @@ def tiny_args(root: Path, train_batches: int = 4, val_batches: int = 2, epochs: 
         "--trainer.num_sanity_val_steps", "0",
         "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false",
-        f"--model.model_kwargs={TINY_MODEL}",
+        f"--model.backbone={TINY_MODEL}",
         "--model.warmup_epochs", "0",
         "--data.init_args.batch_size", "32",
         "--data.init_args.num_workers", "0",

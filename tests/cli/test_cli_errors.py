@@ -16,13 +16,13 @@ NO_DATA = ["--data.init_args.root=/nonexistent/fmnist", "--data.init_args.downlo
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--model.model_name=glnet_nope", "unknown model 'glnet_nope'"),
-    ("--model.model_kwargs.local=conv_magic", "unknown local strategy 'conv_magic'"),
-    ("--model.model_kwargs.fusion=sideways", "sideways"),
-    ("--model.model_kwargs.num_slots=5", "not a perfect square"),
-    ("--model.model_kwargs.kernel_size=4", "kernel_size=4 is invalid"),
-    ("--model.model_kwargs.dims=[30, 64, 96, 128]", "not a multiple of head_dim"),
-    ("--model.model_kwargs.bogus=1", "bogus"),
+    ("--model.backbone=glnet_nope", "glnet_nope"),
+    ("--model.backbone.local=conv_magic", "unknown local strategy 'conv_magic'"),
+    ("--model.backbone.fusion=sideways", "sideways"),
+    ("--model.backbone.num_slots=5", "not a perfect square"),
+    ("--model.backbone.kernel_size=4", "kernel_size=4 is invalid"),
+    ("--model.backbone.dims=[30, 64, 96, 128]", "not a multiple of head_dim"),
+    ("--model.backbone.bogus=1", "bogus"),
     ("--model.lr=-1", "need lr > 0"),
     ("--trainer.max_epochs=abc", "trainer.max_epochs"),
     ("--trainer.strategy=warp_drive", "invalid strategy name"),
@@ -61,7 +61,7 @@ def test_imagenet_config_rejects_missing_tree(capsys, tmp_path):
 
 def test_console_script_prints_no_traceback(run_script, tmp_path):
     result = run_script("glnet", ["fit", "--config", FMNIST, "--trainer.default_root_dir",
-                                  str(tmp_path), "--model.model_kwargs.num_slots=5"], timeout=180)
+                                  str(tmp_path), "--model.backbone.num_slots=5"], timeout=180)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [lines[-1]] and lines[-1].startswith("glnet: error: model: num_slots=5"), result.stderr

@@ -32,7 +32,7 @@ def test_bench_is_dispatched(capsys):
 def test_training_subcommand_help(capsys):
     assert main(["fit", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--ckpt_path" in out and "--checkpoint.monitor" in out and "--model.model_kwargs" in out
+    assert "--ckpt_path" in out and "--checkpoint.monitor" in out and "--model.backbone" in out
 
 
 @pytest.mark.parametrize("command", ["validate", "test", "predict"])

@@ -36,7 +36,7 @@ def _common(root: Path, steps_per_epoch: int) -> list[str]:
         "--trainer.val_check_interval", str(steps_per_epoch // 2),  # validation inside the epoch
         "--trainer.num_sanity_val_steps", "1", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        f"--model.model_kwargs={TINY_MODEL}", "--model.warmup_epochs", "0.5",
+        f"--model.backbone={TINY_MODEL}", "--model.warmup_epochs", "0.5",
         "--model.drop_path_rate", "0.1", "--model.mixup", "0.8", "--model.cutmix", "1.0",
         "--model.ema_decay", "0.9", "--model.slot_map_every_n_epochs", "0",
         "--checkpoint.last_every_n_steps", str(STEP_CHECKPOINT_EVERY), PROGRESS, BATCHES,
@@ -209,8 +209,8 @@ def test_an_interrupted_ablation_variant_resumes_to_the_same_weights(fashion_mni
     """``glnet sweep grid`` killed in the middle of a variant (the runner and its fit, as a scheduler
     kills a job), then the same command again: the variant resumes from its ``last.ckpt`` and ends
     where the uninterrupted grid run of it ends."""
-    sets = ["model.model_kwargs.depths=[1,1,1,1]", "model.model_kwargs.dims=[16,32,48,64]",
-            "model.model_kwargs.num_slots=4", "model.model_kwargs.head_dim=16", "trainer.max_epochs=2",
+    sets = ["model.backbone.depths=[1,1,1,1]", "model.backbone.dims=[16,32,48,64]",
+            "model.backbone.num_slots=4", "model.backbone.head_dim=16", "trainer.max_epochs=2",
             "trainer.limit_train_batches=12",
             "trainer.limit_val_batches=1", "trainer.val_check_interval=6", "trainer.enable_progress_bar=false",
             "test_after_fit=false", "model.slot_map_every_n_epochs=0", "model.drop_path_rate=0.1",

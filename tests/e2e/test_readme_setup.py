@@ -51,7 +51,7 @@ def test_setup_makes_a_venv_from_an_externally_managed_system_python(tmp_path):
     assert version.returncode == 0, version.stderr[-2000:]
     printed = subprocess.run([str(venv / "bin" / "lightning"), "fit", "--config", "configs/fashion_mnist.yaml",
                               "--print_config"], cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    assert printed.returncode == 0 and "model_name: glnet" in printed.stdout, printed.stderr[-3000:]
+    assert printed.returncode == 0 and "class_path: glnet_lightning.models.glnet.glnet_stl" in printed.stdout, printed.stderr[-3000:]
     pytest_version = subprocess.run([str(venv / "bin" / "python"), "-m", "pytest", "--version"],
                                     capture_output=True, text=True, env=env)
     assert pytest_version.returncode == 0

@@ -18,6 +18,9 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from glnet_lightning.models.backbone import resolve_backbone
+from glnet_lightning.models.glnet import glnet_stl
+
 REPO = Path(__file__).resolve().parents[2]
 IMAGENET_CONFIGS = ["imagenet_glnet_stl.yaml", "imagenet_glnet_stl_1gpu.yaml", "imagenet_glnet_4g.yaml",
                     "imagenet_glnet_9g.yaml", "imagenet_glnet_16g.yaml"]
@@ -88,7 +91,9 @@ def test_imagenet_config_fits_validates_and_checkpoints(config, imagenet_tree, c
     accumulate = yaml.safe_load((run / "config.yaml").read_text())["trainer"].get("accumulate_grad_batches") or 1
     assert ckpt["global_step"] == math.ceil(cpu_overrides["trainer.limit_train_batches"] / accumulate)
     assert ckpt["hyper_parameters"]["num_classes"] == 4  # the tree's classes, not ImageNet's 1000
-    assert ckpt["hyper_parameters"]["model_name"] == yaml.safe_load((REPO / "configs" / config).read_text())["model"]["model_name"]
+    # the checkpoint holds the whole description of the named model the config gives, as plain data
+    named = yaml.safe_load((REPO / "configs" / config).read_text())["model"]["backbone"]
+    assert ckpt["hyper_parameters"]["backbone"] == resolve_backbone(named).describe()
 
     check = tmp_path / "validate"
     _run([*console("glnet"), "validate", *common, "--trainer.default_root_dir", str(check),
@@ -117,8 +122,8 @@ def test_ablation_grid_on_imagenet_then_table(imagenet_tree, console, subprocess
         config = yaml.safe_load((runs / name / "sweep_config.yaml").read_text())
         assert config["data"]["init_args"]["root"] == str(imagenet_tree) and "root" not in config["data"]
         assert (runs / name / "checkpoints" / "last.ckpt").is_file()
-    assert yaml.safe_load((runs / "kmeans_hash" / "config.yaml").read_text())["model"]["model_kwargs"] == \
-        {"clustering": "kmeans"}
+    recorded = yaml.safe_load((runs / "kmeans_hash" / "config.yaml").read_text())["model"]["backbone"]["init_args"]
+    assert recorded == {**glnet_stl().settings(), "clustering": "kmeans"}  # the whole network, one setting changed
 
     table = _run([*console("glnet"), "ablation", "table", "sweeps/ablation_stl.yaml", "--runs", str(runs), "--only",
                   *GRID_VARIANTS, "--no-throughput", "--format", "csv", *sets], subprocess_env())
@@ -146,8 +151,9 @@ def test_optuna_imagenet_sweep_completes_trials_then_report(imagenet_tree, conso
         assert 0.0 <= accuracy <= 1.0 and throughput > 0
         trained = yaml.safe_load((Path(trial.user_attrs["run_dir"]) / "config.yaml").read_text())
         assert trained["trainer"]["max_epochs"] == 1  # --set beats the sweep's budget (30 epochs)
-        assert trained["model"]["model_kwargs"] == {"num_slots": trial.params["num_slots"],
-                                                    "kernel_size": trial.params["kernel_size"]}
+        recorded = trained["model"]["backbone"]["init_args"]
+        assert recorded == {**glnet_stl().settings(), "num_slots": trial.params["num_slots"],
+                            "kernel_size": trial.params["kernel_size"]}
     report = _run([*console("glnet"), "sweep", "report", "--storage", storage], subprocess_env())
     assert "2 trials (2 complete)" in report.stdout and "Pareto front" in report.stdout
 

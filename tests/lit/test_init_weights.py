@@ -12,6 +12,8 @@ from glnet_lightning.cli.main import main as glnet_main
 from glnet_lightning.lit import GLNetModule
 from glnet_lightning.lit.init_weights import InitWeightsError, load_init_weights
 from glnet_lightning.models import convert_official_state_dict, glnet_from_official_kwargs
+from glnet_lightning.models.backbone import resolve_backbone
+from glnet_lightning.models.glnet import glnet_stl
 
 REPO = Path(__file__).resolve().parents[2]
 # the conformance fixtures' architecture (tests/models/test_conformance.py builds it from the reference arguments)
@@ -19,7 +21,7 @@ STL_KWARGS = dict(depths=[1, 1, 2, 1], dims=[32, 64, 96, 128], num_slots=16)
 
 
 def make_module(init_weights=None, **kwargs) -> GLNetModule:
-    defaults = dict(model_name="glnet_stl", model_kwargs=dict(STL_KWARGS), num_classes=10, drop_path_rate=0.0,
+    defaults = dict(backbone=glnet_stl(**STL_KWARGS), num_classes=10, drop_path_rate=0.0,
                     mixup=0.0, cutmix=0.0, ema_decay=None, slot_map_every_n_epochs=0, warmup_epochs=0,
                     init_weights=None if init_weights is None else str(init_weights))
     defaults.update(kwargs)
@@ -48,7 +50,7 @@ def same_weights(model, state) -> bool:
 def test_published_weights_reproduce_the_reference_logits(conformance, tmp_path, name, model_name, kwargs):
     fixture = torch.load(conformance / f"{name}.pt", weights_only=False)
     torch.save(fixture["state_dict"], tmp_path / "w.pth")  # flat reference layout
-    module = make_module(tmp_path / "w.pth", model_name=model_name, model_kwargs=dict(kwargs))
+    module = make_module(tmp_path / "w.pth", backbone=resolve_backbone(model_name, **kwargs))
     before = module.model(fixture["input"])
     module.load_init_weights()
     logits = module.model.eval()(fixture["input"])
@@ -147,7 +149,7 @@ def test_bad_init_weights_are_clear_errors(reference, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(InitWeightsError, match="cannot read"):
         make_module(tmp_path / "junk.pth").load_init_weights()
-    wrong = make_module(path, model_kwargs=dict(STL_KWARGS, dims=[32, 64, 96, 160]))
+    wrong = make_module(path, backbone=glnet_stl(**dict(STL_KWARGS, dims=[32, 64, 96, 160])))
     before = {k: v.clone() for k, v in wrong.model.state_dict().items()}
     with pytest.raises(InitWeightsError, match="does not fit GLNet"):
         wrong.load_init_weights()
@@ -169,7 +171,7 @@ def test_cli_validates_a_published_checkpoint_and_fine_tunes_from_it(reference, 
     """The README's use: glnet validate / fit --model.init_weights FILE, then the fine-tuned run on its own."""
     path, _ = reference
     args = ["--config", str(REPO / "configs" / "fashion_mnist.yaml"), "--trainer.default_root_dir", str(tmp_path),
-            "--model.model_kwargs={depths: [1, 1, 2, 1], dims: [32, 64, 96, 128], num_slots: 16}",
+            "--model.backbone={depths: [1, 1, 2, 1], dims: [32, 64, 96, 128], num_slots: 16}",
             "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "2", "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "32",
             "--data.init_args.num_workers", "0", "--test_after_fit", "false"]

@@ -9,10 +9,11 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from glnet_lightning.lit import GLNetModule
+from glnet_lightning.models.glnet import glnet_stl
 
 
 def make_module(tiny_kwargs, **kwargs) -> GLNetModule:
-    defaults = dict(model_name="glnet_stl", model_kwargs=tiny_kwargs, num_classes=10, drop_path_rate=0.0,
+    defaults = dict(backbone=glnet_stl(**tiny_kwargs), num_classes=10, drop_path_rate=0.0,
                     mixup=0.0, cutmix=0.0, ema_decay=None, slot_map_every_n_epochs=0)
     defaults.update(kwargs)
     return GLNetModule(**defaults)
@@ -76,17 +77,17 @@ def test_no_top5_below_five_classes(tiny_kwargs):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(model_name="glnet_nope"), "unknown model"),
-    (dict(model_kwargs={"num_slots": 5}), "perfect square"),
-    (dict(model_kwargs={"kernel_size": 4}), "odd"),
-    (dict(model_kwargs={"bogus": 1}), "bogus"),
-    (dict(model_kwargs={"num_classes": 3}), "model.num_classes"),
+    (dict(backbone="glnet_nope"), "unknown model"),
+    (dict(backbone={"class_path": "glnet_stl", "init_args": {"num_slots": 5}}), "perfect square"),
+    (dict(backbone={"class_path": "glnet_stl", "init_args": {"kernel_size": 4}}), "odd"),
+    (dict(backbone={"class_path": "glnet_stl", "init_args": {"bogus": 1}}), "bogus"),
+    (dict(backbone={"class_path": "glnet_stl", "init_args": {"num_classes": 3}}), "model.num_classes"),
     (dict(lr=0.0), "lr > 0"),
     (dict(ema_decay=1.5), "ema_decay"),
 ])
 def test_bad_settings_raise_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        GLNetModule(**{"num_classes": 10, **kwargs})
+        GLNetModule(**{"backbone": "glnet_stl", "num_classes": 10, **kwargs})
 
 
 class CaptureEma(Callback):
@@ -156,7 +157,7 @@ def test_compile_option_compiles_the_backbone_in_place(tmp_path, data, make_trai
     import torch._dynamo
 
     torch._dynamo.reset()
-    module = GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, warmup_epochs=0, ema_decay=0.5,
+    module = GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, warmup_epochs=0, ema_decay=0.5,
                          slot_map_every_n_epochs=0, compile={"backend": "eager", "dynamic": False})
     trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
@@ -175,7 +176,7 @@ def test_compile_auto_compiles_on_cuda_only_decided_from_the_trainers_device(tmp
     assert resolve_compile("auto", torch.device("cpu")) is None
     assert resolve_compile({"mode": "max-autotune"}, torch.device("cpu")) == {"mode": "max-autotune"}
     assert resolve_compile(None, torch.device("cuda")) is None
-    module = GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, warmup_epochs=0, ema_decay=None,
+    module = GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, warmup_epochs=0, ema_decay=None,
                          slot_map_every_n_epochs=0, compile="auto")
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=1).fit(module, datamodule=data)
@@ -188,4 +189,4 @@ def test_compile_auto_compiles_on_cuda_only_decided_from_the_trainers_device(tmp
                                               ("always", "compile must be true, false, auto")])
 def test_bad_compile_options_fail_at_construction(compile, message, tiny_kwargs):
     with pytest.raises(ValueError, match=message):
-        GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, compile=compile)
+        GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, compile=compile)

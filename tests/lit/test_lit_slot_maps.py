@@ -7,6 +7,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from glnet_lightning.lit import GLNetModule, SlotMapCallback
+from glnet_lightning.models.glnet import glnet_stl
 from glnet_lightning.lit.slot_maps import global_branches, render_assignment, slot_palette
 
 
@@ -34,7 +35,7 @@ def test_render_restores_model_state(tiny_kwargs):
 
 
 def test_callback_logs_grid_to_tensorboard(tiny_kwargs, tmp_path, data, make_trainer):
-    module = GLNetModule(model_kwargs=tiny_kwargs, num_classes=10, mixup=0, cutmix=0, ema_decay=None,
+    module = GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, mixup=0, cutmix=0, ema_decay=None,
                          slot_map_every_n_epochs=1)
     logger = TensorBoardLogger(tmp_path, name="", version="")
     trainer = make_trainer(tmp_path, logger=logger, max_epochs=2, limit_train_batches=1, limit_val_batches=1)

@@ -25,8 +25,8 @@ def test_resuming_another_architecture_names_the_keys(fashion_mnist, tiny_args, 
     capsys.readouterr()
 
     # same run directory, another local branch, wider last stage: --ckpt_path last cannot fit
-    rc = main(["fit", *tiny_args(run, epochs=2), "--model.model_kwargs.local=window_mhsa",
-               "--model.model_kwargs.dims=[16, 32, 48, 96]", "--ckpt_path", "last"])
+    rc = main(["fit", *tiny_args(run, epochs=2), "--model.backbone.local=window_mhsa",
+               "--model.backbone.dims=[16, 32, 48, 96]", "--ckpt_path", "last"])
     line = one_error_line(capsys.readouterr().err)
     assert rc == 2
     assert f"checkpoint {last} does not fit the configured model" in line
@@ -38,7 +38,6 @@ def test_resuming_another_architecture_names_the_keys(fashion_mnist, tiny_args, 
     # the same check, for a checkpoint file and a model built in Python
     same = GLNetModule.load_from_checkpoint(last)
     assert checkpoint_mismatch(last, same) is None
-    other = GLNetModule("glnet_stl", {**same.hparams.model_kwargs, "num_slots": 9, "slot_init": "param"},
-                        num_classes=10)
+    other = GLNetModule(same.backbone.replace(num_slots=9, slot_init="param"), num_classes=10)
     assert "missing key(s): model.stages.0.blocks.0.mixer.global_branch.slot_init.slots" in \
         checkpoint_mismatch(last, other)

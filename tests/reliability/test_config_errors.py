@@ -17,20 +17,20 @@ NO_DATA = ["--data.init_args.root=/nonexistent/fmnist", "--data.init_args.downlo
 
 @pytest.mark.parametrize("override, expected", [
     # names: the valid choices are listed
-    ("--model.model_name=glnet_nope", ["glnet_stl", "glnet_stl_paramslot", "glnet_4g", "glnet_9g", "glnet_16g"]),
-    ("--model.model_kwargs.local=conv_magic", ["choose one of ['dwconv', 'window_mhsa', 'none']"]),
-    ("--model.model_kwargs.clustering=fuzzy", ["unknown clustering strategy 'fuzzy'", "'soft'", "'kmeans'"]),
-    ("--model.model_kwargs.slot_init=banana", ["unknown slot_init strategy 'banana'", "'param'", "'pool'"]),
+    ("--model.backbone=glnet_nope", ["glnet_stl", "glnet_stl_paramslot", "glnet_4g", "glnet_9g", "glnet_16g"]),
+    ("--model.backbone.local=conv_magic", ["choose one of ['dwconv', 'window_mhsa', 'none']"]),
+    ("--model.backbone.clustering=fuzzy", ["unknown clustering strategy 'fuzzy'", "'soft'", "'kmeans'"]),
+    ("--model.backbone.slot_init=banana", ["unknown slot_init strategy 'banana'", "'param'", "'pool'"]),
     # geometry
-    ("--model.model_kwargs.num_slots=8", ["num_slots=8", "not a perfect square"]),
-    ("--model.model_kwargs.kernel_size=6", ["kernel_size=6 is invalid", "odd"]),
-    ("--model.model_kwargs.dims=[48, 64, 96, 128]", ["width 48 is not a multiple of head_dim=32"]),
+    ("--model.backbone.num_slots=8", ["num_slots=8", "not a perfect square"]),
+    ("--model.backbone.kernel_size=6", ["kernel_size=6 is invalid", "odd"]),
+    ("--model.backbone.dims=[48, 64, 96, 128]", ["width 48 is not a multiple of head_dim=32"]),
     ("--data.init_args.image_size=100", ["data.image_size=100 is not divisible by the model's total stride 32",
                                          "96 or 128"]),
     # wrong types, in the model's free-form kwargs as well as in typed options
-    ("--model.model_kwargs.depths=two", ["depths='two' is invalid: give a list of integers"]),
-    ("--model.model_kwargs.dims=[32, 64.5, 96, 128]", ["dims=[32, 64.5, 96, 128] is invalid"]),
-    ("--model.model_kwargs.num_slots=many", ["num_slots='many' is invalid"]),
+    ("--model.backbone.depths=two", ["depths='two' is invalid: give a list of integers"]),
+    ("--model.backbone.dims=[32, 64.5, 96, 128]", ["dims=[32, 64.5, 96, 128] is invalid"]),
+    ("--model.backbone.num_slots=many", ["num_slots='many' is invalid"]),
     ("--model.warmup_epochs=soon", ['"model.warmup_epochs"', "soon"]),
     ("--data.init_args.image_size=big", ["image_size", "big"]),
     ("--model.nonfinite_loss=ignore", ["nonfinite_loss must be one of ('stop', 'skip')"]),

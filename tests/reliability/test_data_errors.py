@@ -33,7 +33,7 @@ def fit_args(root: Path, run: Path, *extra: str) -> list[str]:
     return ["fit", "--trainer.default_root_dir", str(run), "--trainer.accelerator=cpu", "--trainer.max_epochs=1",
             "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--trainer.num_sanity_val_steps=0",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--model.model_name=glnet_stl", f"--model.model_kwargs={TINY}", "--model.warmup_epochs=0",
+            f"--model.backbone={{class_path: glnet_stl, init_args: {TINY}}}", "--model.warmup_epochs=0",
             "--model.mixup=0", "--model.cutmix=0", "--model.ema_decay=null", "--model.slot_map_every_n_epochs=0",
             "--data=glnet_lightning.data.ImageNetDataModule", f"--data.root={root}", "--data.image_size=32",
             "--data.batch_size=12", "--data.num_workers=0", "--data.persistent_workers=false",

@@ -27,7 +27,7 @@ def stl_sweep(tmp_path_factory):
     if sweep.base.is_file():
         return sweep
     base = tmp_path_factory.mktemp("base") / "imagenet_glnet_stl.yaml"
-    base.write_text("model: {model_name: glnet_stl, drop_path_rate: 0.1}\n")
+    base.write_text("model: {backbone: glnet_stl, drop_path_rate: 0.1}\n")
     return load_sweep(STL_SWEEP, base=base)
 
 

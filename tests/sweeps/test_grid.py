@@ -24,8 +24,8 @@ FASHION_SWEEP = REPO / "sweeps" / "ablation_fashion_mnist.yaml"
 TABLE_ORDER = ["stl", "local_only", "global_only", "seq_global_local", "seq_local_global", "local_wmhsa_w7",
                "kmeans_hash", "param_slot_init", "dwconv_k7", "dwconv_k3", "slots_9", "slots_25", "slots_36",
                "slots_49", "slots_81"]
-TINY_SETS = ["model.model_kwargs.depths=[1,1,1,1]", "model.model_kwargs.dims=[32,64,96,128]",
-             "model.model_kwargs.num_slots=4"]
+TINY_SETS = ["model.backbone.depths=[1,1,1,1]", "model.backbone.dims=[32,64,96,128]",
+             "model.backbone.num_slots=4"]
 
 
 # ------------------------------------------------------------------------------------ sweep files
@@ -44,10 +44,10 @@ def test_base_is_found_relative_to_the_repository():
 
 def test_variants_resolve_overrides_on_the_base_with_set_edits_in_between():
     variant = {v.name: v for v in load_sweep(FASHION_SWEEP).variants}["slots_9"]
-    config = variant.config({"model.model_kwargs.num_slots": 4, "trainer.max_epochs": 1})
-    assert config["model"]["model_kwargs"]["num_slots"] == 9  # the variant wins over --set
+    config = variant.config({"model.backbone.num_slots": 4, "trainer.max_epochs": 1})
+    assert config["model"]["backbone"]["init_args"]["num_slots"] == 9  # the variant wins over --set
     assert config["trainer"]["max_epochs"] == 1
-    assert config["model"]["model_kwargs"]["dims"] == [32, 64, 96, 128]  # untouched base keys stay
+    assert config["model"]["backbone"]["init_args"]["dims"] == [32, 64, 96, 128]  # untouched base keys stay
 
 
 def test_build_model_is_the_model_fit_trains():
@@ -60,11 +60,16 @@ def test_build_model_is_the_model_fit_trains():
 
 
 def test_apply_overrides_sets_nested_keys_and_replaces_values():
-    base = {"model": {"model_kwargs": None, "lr": 1.0}, "trainer": {"max_epochs": 5}}
-    result = apply_edits(base, {"model.model_kwargs.local": {"name": "window_mhsa"}, "data.batch_size": 8})
-    assert result == {"model": {"model_kwargs": {"local": {"name": "window_mhsa"}}, "lr": 1.0},
-                      "trainer": {"max_epochs": 5}, "data": {"batch_size": 8}}
-    assert base["model"]["model_kwargs"] is None  # the input is not modified
+    base = {"model": {"backbone": "glnet_stl", "lr": 1.0}, "trainer": {"max_epochs": 5}}
+    result = apply_edits(base, {"model.backbone.local": {"name": "window_mhsa"}, "data.batch_size": 8})
+    # a key below a class given by name lands in its init_args, as LightningCLI reads it
+    assert result == {"model": {"backbone": {"class_path": "glnet_stl", "init_args": {"local": {"name": "window_mhsa"}}},
+                                "lr": 1.0}, "trainer": {"max_epochs": 5}, "data": {"batch_size": 8}}
+    assert base["model"]["backbone"] == "glnet_stl"  # the input is not modified
+    # another class keeps the init_args given; a mapping without class_path updates them
+    switched = apply_edits(result, {"model.backbone": "glnet_4g"}, {"model.backbone": {"num_slots": 9}})
+    assert switched["model"]["backbone"] == {"class_path": "glnet_4g",
+                                             "init_args": {"local": {"name": "window_mhsa"}, "num_slots": 9}}
     with pytest.raises(ConfigEditError, match="model.lr is 1.0"):
         apply_edits(base, {"model.lr.x": 2})
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(find_system_fashion_mnist() is None and not os.e
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_SETS = [
-    "model.model_kwargs={depths: [1, 1, 1, 1], dims: [32, 64, 96, 128], head_dim: 32, "
+    "model.backbone={depths: [1, 1, 1, 1], dims: [32, 64, 96, 128], head_dim: 32, "
     "stage_mixers: [glmix, glmix, glmix, glmix], num_slots: 4, kernel_size: 5}",
     "model.warmup_epochs=0", "model.slot_map_every_n_epochs=0",
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -74,8 +74,8 @@ def test_study_runs_resumes_and_reports(tmp_path, capsys):
         assert run_dir == tmp_path / "runs" / "tiny" / f"trial_{t.number:04d}"
         assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "checkpoints" / "last.ckpt").is_file()
         trained = yaml.safe_load((run_dir / "config.yaml").read_text())
-        assert trained["model"]["model_kwargs"]["num_slots"] == t.params["num_slots"]
-        assert trained["model"]["model_kwargs"]["kernel_size"] == t.params["kernel_size"]
+        assert trained["model"]["backbone"]["init_args"]["num_slots"] == t.params["num_slots"]
+        assert trained["model"]["backbone"]["init_args"]["kernel_size"] == t.params["kernel_size"]
         assert trained["trainer"]["limit_train_batches"] == 2  # --set applied
         assert t.user_attrs["params_m"] > 0 and t.user_attrs["gmacs"] > 0 and t.user_attrs["throughput"] > 0
 

@@ -39,7 +39,7 @@ def test_per_stage_space_suggests_one_value_per_stage():
     space = parse_space({"num_slots": {"choices": [4, 9], "per_stage": True}, "kernel_size": [3, 5]})
     trial = optuna.trial.FixedTrial({"num_slots_stage1": 4, "num_slots_stage2": 9, "num_slots_stage3": 9,
                                      "num_slots_stage4": 4, "kernel_size": 5})
-    assert space.suggest(trial) == {"model.model_kwargs.num_slots": [4, 9, 9, 4], "model.model_kwargs.kernel_size": 5}
+    assert space.suggest(trial) == {"model.backbone.num_slots": [4, 9, 9, 4], "model.backbone.kernel_size": 5}
 
 
 @pytest.mark.parametrize("raw", [None, {"num_slots": []}, {"num_slots": [4, 4]}, {"k": {"choices": [1], "bad": 1}}])
@@ -49,18 +49,18 @@ def test_bad_spaces_are_refused(raw):
 
 
 def test_edits_follow_precedence_and_reach_subclass_init_args():
-    base = {"model": {"model_kwargs": {"num_slots": 4, "dims": [1]}},
+    base = {"model": {"backbone": {"class_path": "glnet_stl", "init_args": {"num_slots": 4, "dims": [1]}}},
             "data": {"class_path": "x.Data", "init_args": {"batch_size": 128}}}
     config = apply_edits(base, {"trainer.max_epochs": 3}, dict([parse_set("trainer.max_epochs=1"),
-                         parse_set("data.batch_size=8")]), {"model.model_kwargs.num_slots": 16})
+                         parse_set("data.batch_size=8")]), {"model.backbone.num_slots": 16})
     assert config["trainer"]["max_epochs"] == 1
     assert config["data"] == {"class_path": "x.Data", "init_args": {"batch_size": 8}}
-    assert config["model"]["model_kwargs"] == {"num_slots": 16, "dims": [1]}
-    assert base["model"]["model_kwargs"]["num_slots"] == 4  # the base is not modified
+    assert config["model"]["backbone"] == {"class_path": "glnet_stl", "init_args": {"num_slots": 16, "dims": [1]}}
+    assert base["model"]["backbone"]["init_args"]["num_slots"] == 4  # the base is not modified
     with pytest.raises(ConfigEditError):
         parse_set("no_equals_sign")
     with pytest.raises(ConfigEditError):
-        apply_edits(base, {"model.model_kwargs.dims.x": 1})
+        apply_edits(base, {"model.backbone.dims.x": 1})
 
 
 def test_bad_sweep_file_exits_2(tmp_path, capsys):
@@ -75,7 +75,7 @@ def test_bad_sweep_file_exits_2(tmp_path, capsys):
 
 def _sweep_file(tmp_path: Path, objectives: list[str]) -> Path:
     base = tmp_path / "base.yaml"
-    base.write_text("model: {model_name: glnet_stl}\n")
+    base.write_text("model: {backbone: glnet_stl}\n")
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base": str(base), "study_name": "s", "runs_dir": str(tmp_path / "runs"),
                                     "search_space": {"num_slots": [4, 9], "kernel_size": [3, 5]},
