@@ -142,9 +142,9 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = re.sub(r"^Call to compute_fn of link '[^']*' with args .*?\) failed: ", "", text)
     backbone = _backbone_message(text)
-    if backbone is not None:
-        return _union_reason(backbone)
-    return _union_reason(text) or type(exc).__name__
+    text = _union_reason(backbone if backbone is not None else text)
+    # jsonargparse's 'Parser key "a.b": reason' as 'a.b: reason', the form of every other config error
+    return re.sub(r'^Parser key "([^"]+)": ', r"\1: ", text) or type(exc).__name__
 
 
 def _union_reason(text: str) -> str:

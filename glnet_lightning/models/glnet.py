@@ -452,11 +452,10 @@ def _recorded_spec(kind: str, spec: Any, allow_none: bool, own: Sequence[str]) -
     if strategy is None:
         return "none"
     full = strategy.spec()
-    if set(full) == {"name"}:
-        return full["name"]
     if "class_path" in full:
         return {"class_path": full["class_path"], "init_args": {k: v for k, v in full["init_args"].items() if k not in own}}
-    return {k: v for k, v in full.items() if k not in own}
+    named = {k: v for k, v in full.items() if k not in own}
+    return named["name"] if set(named) == {"name"} else named
 
 
 def _explicit(spec: Any) -> dict[str, Any]:

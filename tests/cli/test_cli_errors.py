@@ -64,4 +64,4 @@ def test_console_script_prints_no_traceback(run_script, tmp_path):
                                   str(tmp_path), "--model.backbone.num_slots=5"], timeout=180)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [lines[-1]] and lines[-1].startswith("glnet: error: model: num_slots=5"), result.stderr
+    assert lines == [lines[-1]] and lines[-1].startswith("glnet: error: model.backbone: num_slots=5"), result.stderr

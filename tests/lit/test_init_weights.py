@@ -171,7 +171,9 @@ def test_cli_validates_a_published_checkpoint_and_fine_tunes_from_it(reference, 
     """The README's use: glnet validate / fit --model.init_weights FILE, then the fine-tuned run on its own."""
     path, _ = reference
     args = ["--config", str(REPO / "configs" / "fashion_mnist.yaml"), "--trainer.default_root_dir", str(tmp_path),
-            "--model.backbone={depths: [1, 1, 2, 1], dims: [32, 64, 96, 128], num_slots: 16}",
+            # the reference fixture's network: glnet_stl's layout where the Fashion-MNIST config changes it
+            "--model.backbone={depths: [1, 1, 2, 1], dims: [32, 64, 96, 128], num_slots: 16, stem: patch, "
+            "transition: norm_conv, stage_mixers: [glmix, glmix, glmix, mha]}",
             "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "2", "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "32",
             "--data.init_args.num_workers", "0", "--test_after_fit", "false"]

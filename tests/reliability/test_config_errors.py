@@ -27,11 +27,12 @@ NO_DATA = ["--data.init_args.root=/nonexistent/fmnist", "--data.init_args.downlo
     ("--model.backbone.dims=[48, 64, 96, 128]", ["width 48 is not a multiple of head_dim=32"]),
     ("--data.init_args.image_size=100", ["data.image_size=100 is not divisible by the model's total stride 32",
                                          "96 or 128"]),
-    # wrong types, in the model's free-form kwargs as well as in typed options
-    ("--model.backbone.depths=two", ["depths='two' is invalid: give a list of integers"]),
-    ("--model.backbone.dims=[32, 64.5, 96, 128]", ["dims=[32, 64.5, 96, 128] is invalid"]),
-    ("--model.backbone.num_slots=many", ["num_slots='many' is invalid"]),
-    ("--model.warmup_epochs=soon", ['"model.warmup_epochs"', "soon"]),
+    # wrong types, in the network's description as well as in the recipe's options: the parser names the key
+    ("--model.backbone.depths=two", ["model.backbone.depths: Expected a <class 'list'>. Got value: two"]),
+    ("--model.backbone.dims=[32, 64.5, 96, 128]", ["model.backbone.dims: Expected a <class 'int'>. Got value: 64.5"]),
+    ("--model.backbone.num_slots=many", ["model.backbone.num_slots: Expected a <class 'int'>", "(given: many)"]),
+    ("--model.backbone.num_slotz=9", ["model.backbone.num_slotz: glnet_stl has no such setting; did you mean num_slots?"]),
+    ("--model.warmup_epochs=soon", ["model.warmup_epochs: Expected a <class 'float'>. Got value: soon"]),
     ("--data.init_args.image_size=big", ["image_size", "big"]),
     ("--model.nonfinite_loss=ignore", ["nonfinite_loss must be one of ('stop', 'skip')"]),
 ])
