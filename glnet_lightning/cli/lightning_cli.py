@@ -49,7 +49,7 @@ from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWrite
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
 from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
 from glnet_lightning.lit.init_weights import InitWeightsError
-from glnet_lightning.models.backbone import check_backbone, resolve_backbone
+from glnet_lightning.models.backbone import check_backbone, named_backbones, resolve_backbone
 from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
@@ -107,13 +107,11 @@ def _backbone_message(text: str) -> str | None:
         return None
     key, rest = m.groups()
     if "Expected a dot import path string" in rest or "does not correspond to a subclass" in rest:
-        from glnet_lightning.models.glnet import NAMED_MODELS
-
         given = re.search(r"import path string: (\S+)", rest) or re.search(r"path (\S+) does not", rest)
         name = given.group(1) if given else "?"
-        close = difflib.get_close_matches(name, list(NAMED_MODELS), n=1)
+        close = difflib.get_close_matches(name, named_backbones(), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        return (f"{key}: unknown model {name!r}; {hint}named GLNet models are {list(NAMED_MODELS)} "
+        return (f"{key}: unknown model {name!r}; {hint}named GLNet models are {named_backbones()} "
                 f"(or GLNetArgs, TimmModel, a full class path)")
     m = re.match(r"Problem with given class_path '([^']+)': (.*)$", rest)
     if not m:
@@ -122,8 +120,6 @@ def _backbone_message(text: str) -> str | None:
     short = class_path.rpartition(".")[2]
     option = re.match(r"Option '([^']+)' is not accepted", reason)
     if option:
-        from glnet_lightning.models.backbone import resolve_backbone
-
         try:
             settings = list(resolve_backbone(class_path).settings())
         except (ValueError, TypeError):

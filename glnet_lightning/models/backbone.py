@@ -23,7 +23,24 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "TimmModel", "resolve_backbone", "check_backbone", "backbone_name"]
+__all__ = ["Backbone", "TimmModel", "named_backbones", "register_backbone", "resolve_backbone", "check_backbone",
+           "backbone_name"]
+
+# name -> description class, for the one-word form (``glnet_stl``); models/glnet.py registers its named models
+_NAMED: dict[str, type] = {}
+
+
+def register_backbone(name: str, cls: type) -> type:
+    """Make ``cls`` (a :class:`Backbone` subclass) the description called ``name`` in configs and specs."""
+    if not (isinstance(cls, type) and issubclass(cls, Backbone)):
+        raise TypeError(f"{cls!r} is not a Backbone description")
+    _NAMED[name] = cls
+    return cls
+
+
+def named_backbones() -> list[str]:
+    """The names a description can be given by (the published GLNet models)."""
+    return list(_NAMED)
 
 # Set by the module: the classifier width comes from the data, stochastic depth is part of the recipe.
 _RESERVED = ("num_classes", "drop_path_rate", "pretrained")
@@ -92,7 +109,7 @@ class TimmModel(Backbone):
 
     def __post_init__(self) -> None:
         if not timm.is_model(self.model_name):
-            raise ValueError(f"unknown timm model {self.model_name!r}; GLNet models are {_glnet_names()}")
+            raise ValueError(f"unknown timm model {self.model_name!r}; GLNet models are {named_backbones()}")
         _reserved = sorted(k for k in self.kwargs if k in _RESERVED)
         if _reserved:
             raise ValueError(f"TimmModel.kwargs must not set {_reserved}: use model.num_classes / model.drop_path_rate")
@@ -109,20 +126,12 @@ class TimmModel(Backbone):
             raise ValueError(f"model {self.model_name!r} rejected kwargs {sorted(self.kwargs)}: {exc}") from exc
 
 
-def _glnet_names() -> list[str]:
-    from .glnet import NAMED_MODELS
-
-    return list(NAMED_MODELS)
-
-
 def _import(path: str) -> type:
-    if "." not in path:  # a short name, as LightningCLI accepts: a named GLNet or a class of this package
-        from . import glnet
-
-        cls = getattr(glnet, path, None) or globals().get(path)
-        if isinstance(cls, type) and issubclass(cls, Backbone):
+    if "." not in path:  # a short name, as LightningCLI accepts: a named model or a Backbone subclass
+        cls = _NAMED.get(path) or next((c for c in _subclasses(Backbone) if c.__name__ == path), None)
+        if cls is not None:
             return cls
-        raise ValueError(f"unknown backbone {path!r}; use a named model ({', '.join(_glnet_names())}), "
+        raise ValueError(f"unknown backbone {path!r}; use a named model ({', '.join(named_backbones())}), "
                          "GLNetArgs, TimmModel or a full class path")
     module_name, _, name = path.rpartition(".")
     try:
@@ -134,6 +143,13 @@ def _import(path: str) -> type:
     return cls
 
 
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
 def resolve_backbone(spec: Any, **edits: Any) -> Backbone:
     """A description from any accepted form (see the module docstring), with ``edits`` applied."""
     if isinstance(spec, Backbone):
@@ -141,14 +157,12 @@ def resolve_backbone(spec: Any, **edits: Any) -> Backbone:
     if hasattr(spec, "as_dict") and hasattr(spec, "class_path"):  # a jsonargparse Namespace
         spec = spec.as_dict()
     if isinstance(spec, str):
-        from .glnet import NAMED_MODELS
-
-        if spec in NAMED_MODELS or "." in spec or spec in ("GLNetArgs", "TimmModel"):
+        if spec in _NAMED or "." in spec or any(c.__name__ == spec for c in _subclasses(Backbone)):
             spec = {"class_path": spec}
         elif timm.is_model(spec):
             return TimmModel(spec, dict(edits))
         else:
-            raise ValueError(f"unknown model {spec!r}; GLNet models are {_glnet_names()} (any other timm model "
+            raise ValueError(f"unknown model {spec!r}; GLNet models are {named_backbones()} (any other timm model "
                              "name also works)")
     if not isinstance(spec, Mapping) or "class_path" not in spec:
         raise ValueError(f"a backbone is a model name, a description or a {{class_path, init_args}} mapping; got {spec!r}")

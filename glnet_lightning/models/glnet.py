@@ -24,7 +24,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .backbone import Backbone
+from .backbone import Backbone, register_backbone
 from .blocks import BLOCK_TYPES, GLMixBlock
 from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting
 from .official import (check_fits, convert_official_state_dict, is_official_state_dict, official_kwargs_to_ours,
@@ -611,5 +611,5 @@ def _entrypoint(name: str):
 
 
 for _name, _settings in NAMED_MODELS.items():
-    globals()[_name] = _named_description(_name, _settings)  # the description, by the model's name
+    globals()[_name] = register_backbone(_name, _named_description(_name, _settings))  # the description, by name
     register_model(_entrypoint(_name))  # timm.create_model(name, ...)

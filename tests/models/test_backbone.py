@@ -9,6 +9,7 @@ import yaml
 
 from glnet_lightning.cli.main import main
 from glnet_lightning.lit import GLNetModule
+from glnet_lightning.models import backbone as backbone_module
 from glnet_lightning.models import glnet as glnet_module
 from glnet_lightning.models.backbone import TimmModel, resolve_backbone
 from glnet_lightning.models.glnet import NAMED_MODELS, GLNetArgs, glnet_4g, glnet_stl
@@ -79,7 +80,8 @@ def test_a_checkpoint_rebuilds_its_network_when_the_code_defaults_change(tmp_pat
     assert recorded["clustering"] == {"name": "kmeans", "iters": 4, "seed": 0}  # spelled out, not just "kmeans"
     # change the code's defaults: the named model's slot count and the k-means iterations
     changed = glnet_module._named_description("glnet_stl", {**NAMED_MODELS["glnet_stl"], "num_slots": 16, "kernel_size": 3})
-    monkeypatch.setattr(glnet_module, "glnet_stl", changed)
+    monkeypatch.setattr(glnet_module, "glnet_stl", changed)  # by class path
+    monkeypatch.setitem(backbone_module._NAMED, "glnet_stl", changed)  # by name
     monkeypatch.setattr(KMeansClusteringStrategy.__init__, "__defaults__", (1, 0))
     fresh = resolve_backbone("glnet_stl", clustering="kmeans")
     assert (fresh.num_slots, fresh.kernel_size, fresh.clustering["iters"]) == (16, 3, 1)  # the change is real
