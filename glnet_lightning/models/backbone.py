@@ -23,8 +23,7 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["Backbone", "TimmModel", "named_backbones", "register_backbone", "resolve_backbone", "check_backbone",
-           "backbone_name"]
+__all__ = ["Backbone", "TimmModel", "named_backbones", "register_backbone", "resolve_backbone", "check_backbone"]
 
 # name -> description class, for the one-word form (``glnet_stl``); models/glnet.py registers its named models
 _NAMED: dict[str, type] = {}
@@ -110,9 +109,9 @@ class TimmModel(Backbone):
     def __post_init__(self) -> None:
         if not timm.is_model(self.model_name):
             raise ValueError(f"unknown timm model {self.model_name!r}; GLNet models are {named_backbones()}")
-        _reserved = sorted(k for k in self.kwargs if k in _RESERVED)
-        if _reserved:
-            raise ValueError(f"TimmModel.kwargs must not set {_reserved}: use model.num_classes / model.drop_path_rate")
+        reserved = sorted(k for k in self.kwargs if k in _RESERVED)
+        if reserved:
+            raise ValueError(f"TimmModel.kwargs must not set {reserved}: use model.num_classes / model.drop_path_rate")
 
     @property
     def name(self) -> str:
@@ -173,14 +172,6 @@ def resolve_backbone(spec: Any, **edits: Any) -> Backbone:
     settings = {**dict(spec.get("init_args") or {}), **edits}
     _check_fields(cls, settings)
     return cls(**settings)
-
-
-def backbone_name(spec: Any) -> str:
-    """The short name of a description in any form (``glnet_stl``, ``resnet18``), for run directories."""
-    try:
-        return resolve_backbone(spec).name
-    except (ValueError, TypeError):
-        return "model"
 
 
 def check_backbone(backbone: Backbone, num_classes: int = 1000, drop_path_rate: float = 0.0) -> nn.Module:
