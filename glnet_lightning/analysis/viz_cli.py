@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
 from .assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
 from .checkpoints import CheckpointError, load_model, model_kwargs_arg
@@ -44,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", help="timm model name for a state dict file (published ones are recognised)")
     parser.add_argument("--model-kwargs", type=model_kwargs_arg, metavar="JSON",
                         help="constructor arguments for a state dict of a non-default size, e.g. '{\"num_slots\": 16}'")
-    parser.add_argument("--ema", action="store_true", help="use the EMA weights of a fit checkpoint")
+    parser.add_argument("--weights", choices=WEIGHTS_CHOICES, default="auto",
+                        help="the raw or the EMA weights of a file that has both (default auto: the raw 'model' of "
+                             "a published file, the EMA of a fit checkpoint that kept one)")
     return parser
 
 
@@ -58,7 +61,7 @@ def write_figures(args: argparse.Namespace) -> list[Path]:
     checkpoints = [args.early, args.checkpoint] if args.early else [args.checkpoint]
     per_checkpoint = []
     for path in checkpoints:
-        loaded = load_model(path, args.model_name, args.model_kwargs, ema=args.ema)
+        loaded = load_model(path, args.model_name, args.model_kwargs, weights=args.weights)
         results, notes = compute_slot_views(loaded, images, args.blocks, args.slots, args.size)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         return args
     try:
         written = write_figures(args)
-    except (CheckpointError, ImageError, BlockError) as exc:
+    except (CheckpointError, WeightsError, ImageError, BlockError) as exc:
         return report("glnet viz", exc)
     except ModuleNotFoundError as exc:  # matplotlib / scikit-image are the analysis extra, not core dependencies
         return report("glnet viz", f"{exc.name} is not installed: pip install 'glnet-lightning[analysis]'")

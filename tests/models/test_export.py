@@ -189,6 +189,30 @@ def test_cli_exports_the_ema_or_raw_weights_of_a_fit_checkpoint(tmp_path, capsys
         torch.testing.assert_close(load_exported(out, "pt2")(x)[0], expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("weights, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
+def test_cli_exports_the_raw_model_or_the_ema_of_a_reference_layout_file(tmp_path, capsys, weights, kind):
+    """A file holding both ``model`` and ``model_ema`` (different values): auto is the raw model, as the
+    reference evaluates its published checkpoints."""
+    kwargs = dict(TINY, dims=(16, 32, 48, 64), head_dim=16)
+    saved = {key: tiny("glnet_stl", **kwargs).state_dict() for key in ("model", "model_ema")}
+    assert not torch.equal(saved["model"]["head.weight"], saved["model_ema"]["head.weight"])
+    torch.save(saved, tmp_path / "both.pth")
+    out = tmp_path / f"{weights}.pt2"
+    assert main([str(tmp_path / "both.pth"), "--model-name", "glnet_stl", "--model-kwargs",
+                 '{"depths": [1, 1, 1, 1], "dims": [16, 32, 48, 64], "head_dim": 16, "num_slots": 4}',
+                 "--out", str(out), "--img-size", "32", "--weights", weights]) == 0, capsys.readouterr().err
+    exported = torch.export.load(str(out)).state_dict
+    assert all(torch.equal(exported[k], saved[kind][k]) for k in ("head.weight", "stem.0.weight"))
+
+
+def test_cli_refuses_ema_of_a_file_without_it(tmp_path, capsys):
+    torch.save(tiny("glnet_stl").state_dict(), tmp_path / "plain.pth")
+    assert main([str(tmp_path / "plain.pth"), "--model-name", "glnet_stl", "--format", "pt2", "--weights", "ema"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"glnet export: error: {tmp_path / 'plain.pth'} has no EMA weights: it has the raw weights (a plain "
+                   "state dict); pass --weights raw or --weights auto\n")
+
+
 @pytest.mark.parametrize("args, message", [
     (["{missing}", "--format", "onnx"], "checkpoint {missing} does not exist"),
     (["{ckpt}", "--format", "tflite"], "unknown format 'tflite'; choose one of onnx, pt2"),
