@@ -47,13 +47,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWriter
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
 from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
-from glnet_lightning.lit.init_weights import InitWeightsError
 from glnet_lightning.lit.factory import check_backbone_config
 from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
 from glnet_lightning.errors import UserError
+from glnet_lightning.models.weights import WeightsError
 
 __all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
            "check_run_config"]
@@ -188,7 +188,7 @@ class GLNetCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError) as exc:
             raise ConfigError(_one_line(exc)) from exc
-        except (TrainingDiverged, CheckpointWriteError, InitWeightsError) as exc:
+        except (TrainingDiverged, CheckpointWriteError, WeightsError) as exc:
             raise RunError(_one_line(exc)) from exc
         except RuntimeError as exc:
             # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds
