@@ -125,7 +125,7 @@ def _strip_wrappers(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def weights_from(checkpoint: Mapping[str, Any], choice: str = "auto", *, source: str = "the state dict",
-                 option: str = "weights") -> Weights:
+                 option: str = "--weights") -> Weights:
     """The ``choice`` (``auto|raw|ema``) weights of a loaded file, under our names.
 
     ``option`` names the setting that chose them, for the error that says what to pass instead.
