@@ -408,7 +408,8 @@ def _create_glnet(variant: str, pretrained: bool = False, **kwargs) -> GLNet:
     if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
         # Read here, not by timm: timm takes model_ema before model and cannot read a fit .ckpt; weights.py
         # takes what the file's authors evaluate (and names a missing file). The cfg's num_classes describes
-        # the file, so timm keeps its classifier exactly when the model has as many classes.
+        # the file (the model's default, as for timm's own weights), so timm keeps the file's classifier
+        # exactly when the model has as many classes.
         weights = read_weights(overlay["file"], "auto")
         head = weights.state_dict.get("head.weight")
         kwargs["pretrained_cfg_overlay"] = {**overlay, "state_dict": weights.state_dict,
