@@ -216,11 +216,10 @@ def _differences(state_dict: Mapping[str, Any], model: nn.Module, strict: bool) 
         expected = {k: s for k, s in expected.items() if not _under(k, classifiers)}
         given = {k: s for k, s in given.items() if not _under(k, classifiers)}
     adaptable = {f"{c}.weight" for c in first_convs}
-    # in the model's (or the file's) order: the first keys shown are the first layers that differ
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    reshaped = [k for k in expected if k in given and given[k] != expected[k] and not (
-        k in adaptable and len(given[k]) == 4 and given[k][:1] + given[k][2:] == expected[k][:1] + expected[k][2:])]
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(given) if given[k] != expected[k] and not (
+        k in adaptable and len(given[k]) == 4 and given[k][:1] + given[k][2:] == expected[k][:1] + expected[k][2:]))
     if not (missing or unexpected or reshaped):
         return None
     parts = []
