@@ -27,8 +27,8 @@ import yaml
 
 from glnet_lightning.errors import UserError
 
-__all__ = ["ConfigEditError", "load_config", "parse_assignment", "parse_assignments", "set_dotted", "apply_edits",
-           "find_relative"]
+__all__ = ["ConfigEditError", "load_config", "parse_assignment", "parse_assignments", "parse_model_spec", "set_dotted",
+           "apply_edits", "find_relative"]
 
 
 class ConfigEditError(UserError, ValueError):
@@ -76,6 +76,28 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def parse_assignments(texts: Iterable[str]) -> dict[str, Any]:
     """Several ``KEY=VALUE`` texts in order (a later one for the same key wins)."""
     return dict(parse_assignment(text) for text in texts)
+
+
+def parse_model_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME:key=value,key=value`` -> (name, edits); values are YAML as in every ``KEY=VALUE``,
+    and a comma inside brackets belongs to its value (``glnet_stl:depths=[1,1,2,1],num_slots=16``)."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ConfigEditError(f"empty model name in {text!r} (expected NAME or NAME:key=value,key=value)")
+    parts, depth, current = [], 0, ""
+    for char in rest:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    try:
+        return name, parse_assignments(part.strip() for part in parts if part.strip())
+    except ConfigEditError as exc:
+        raise ConfigEditError(f"bad model options in {text!r} (expected NAME:key=value,key=value): {exc}") from exc
 
 
 def _yaml12_number(value: Any) -> Any:

@@ -2,8 +2,9 @@
 
 Why a command of its own: deployment wants one file that runs without this package, and an export
 that silently computes something else is worse than none. So the command loads the weights the
-same way ``glnet viz`` does (a ``fit`` checkpoint, EMA weights when it has them, or a published
-state dict, through :func:`glnet_lightning.analysis.checkpoints.load_model`), exports with a
+same way ``glnet viz`` and ``--model.init_weights`` do (a ``fit`` checkpoint or a published state
+dict; ``--weights auto|raw|ema`` as in ``models/weights.py``, through
+:func:`glnet_lightning.analysis.checkpoints.load_model`), exports with a
 dynamic batch and, where the example allows, a dynamic height and width, then runs the written
 file (onnxruntime / ``torch.export.load``) on random inputs and prints the largest difference to
 the eager model.
@@ -25,7 +26,7 @@ from typing import Any, Callable, List, Sequence
 import torch
 from torch import nn
 
-from glnet_lightning.analysis.checkpoints import model_kwargs_arg
+from glnet_lightning.analysis.checkpoints import model_spec_arg
 from glnet_lightning.cli.errors import parse_args, report
 from glnet_lightning.errors import UserError
 
@@ -175,15 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1,
                         help="batch of the checked input (default: 1); the exported batch is always dynamic")
     parser.add_argument("--weights", default="auto", metavar="{auto,raw,ema}",
-                        help="fit checkpoints: the EMA or the raw weights (default auto: EMA when the run kept them)")
+                        help="the raw or the EMA weights of a file that has both (default auto: the raw 'model' of "
+                             "a published file, the EMA of a fit checkpoint that kept one)")
     parser.add_argument("--fixed-size", action="store_true",
                         help="export for --img-size only (for models whose height/width cannot be dynamic, such as "
                              "the window_mhsa ablation)")
     parser.add_argument("--features", action="store_true",
                         help="export forward_intermediates (final features and every stage's map) instead of logits")
-    parser.add_argument("--model-name", help="timm model name for a state dict file (published ones are recognised)")
-    parser.add_argument("--model-kwargs", type=model_kwargs_arg, metavar="JSON",
-                        help="constructor arguments for a state dict of a non-default size, e.g. '{\"num_slots\": 16}'")
+    parser.add_argument("--model", type=model_spec_arg, metavar="NAME[:KEY=VALUE,...]",
+                        help="the network of a state dict file, as in glnet bench: a named model with settings "
+                             "changed, e.g. glnet_stl:num_slots=16,depths=[1,1,2,1] (published files are recognised)")
     return parser
 
 
@@ -211,8 +213,7 @@ def run(args: argparse.Namespace) -> bool:
     """Load, export, verify; prints what it did and returns whether the file matches eager."""
     from glnet_lightning.analysis.checkpoints import load_model
 
-    loaded = load_model(args.checkpoint, args.model_name, args.model_kwargs,
-                        ema={"auto": None, "raw": False, "ema": True}[args.weights])
+    loaded = load_model(args.checkpoint, args.model, weights=args.weights)
     model = loaded.model.eval()
     if args.features:
         if not hasattr(model, "forward_intermediates"):
@@ -243,6 +244,7 @@ def main(argv: Sequence[str]) -> int:
     """``glnet export ARGS``: 0 when the file is written and matches eager, 1 when it does not, 2 for a
     problem the user can fix (missing file, unknown format, bad sizes, missing ONNX packages)."""
     from glnet_lightning.analysis.checkpoints import CheckpointError
+    from glnet_lightning.models.weights import WeightsError
 
     args = parse_args(build_parser(), argv)
     if isinstance(args, int):  # --help (0), a usage error (2)
@@ -250,7 +252,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         _check_args(args)
         ok = run(args)
-    except (ExportError, CheckpointError) as exc:
+    except (ExportError, CheckpointError, WeightsError) as exc:
         return report("glnet export", exc)
     if not ok:
         print(f"glnet export: error: {args.out} differs from the eager model by more than {TOLERANCE:g} "

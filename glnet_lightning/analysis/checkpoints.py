@@ -1,40 +1,43 @@
-"""Load a model for the slot figures from either kind of checkpoint, with the input it expects.
+"""Load a model for the slot figures and exports from either kind of checkpoint, with the input it expects.
 
 Why one loader for both: a user compares a run of ours (a Lightning ``.ckpt`` of ``GLNetModule``,
 which rebuilds its model from the saved hyper-parameters) with a published reference checkpoint
-(a state dict, loaded through timm's ``pretrained_cfg_overlay=dict(file=...)`` path, which
-converts the reference names). Both give a model plus the preprocessing it was trained with.
+(a state dict, for a timm model). Both give a model plus the preprocessing it was trained with; the
+weights (``auto|raw|ema``) are chosen, converted and loaded by ``models/weights.py``, as for
+``--model.init_weights``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from glnet_lightning.config_edit import ConfigEditError, parse_model_spec
 from glnet_lightning.errors import UserError
-from glnet_lightning.lit.checkpoint_io import read_checkpoint
+from glnet_lightning.models.backbone import resolve_backbone
+from glnet_lightning.models.weights import Weights, WeightsError, load_weights, read_checkpoint, weights_from
 
-__all__ = ["CheckpointError", "LoadedModel", "Preprocess", "lightning_preprocess", "load_model", "model_kwargs_arg"]
+__all__ = ["CheckpointError", "LoadedModel", "Preprocess", "lightning_preprocess", "load_model", "model_spec_arg"]
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable, or cannot be turned into a model."""
 
 
-def model_kwargs_arg(text: str) -> dict:
-    """argparse type of ``--model-kwargs``: the JSON object :func:`load_model` takes as ``model_kwargs``."""
+def model_spec_arg(text: str) -> tuple[str, dict[str, Any]]:
+    """argparse type of ``--model NAME[:key=value,...]``: the model of a state dict file and its settings,
+    in the syntax of ``glnet bench`` specs (values read by ``config_edit``, as ``--set`` reads them)."""
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"num_slots\": 49}'")
-    return value
+        return parse_model_spec(text)
+    except ConfigEditError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -74,67 +77,61 @@ def lightning_preprocess(checkpoint: dict[str, Any]) -> Preprocess:
     return Preprocess(size=int(hparams.get("image_size") or 224), mean=mean, std=std, grayscale=grayscale)
 
 
-def _from_lightning(path: Path, checkpoint: dict[str, Any], ema: bool | None) -> LoadedModel:
+def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> tuple[nn.Module, Preprocess, str]:
     from glnet_lightning.lit import GLNetModule
 
     try:
         module = GLNetModule.load_from_checkpoint(path, map_location="cpu")
     except Exception as exc:  # a checkpoint of another LightningModule, or a stale one
         raise CheckpointError(f"{path} is not a GLNetModule checkpoint that this version can load: {exc}") from exc
-    model = module.model
-    if ema is None:  # auto: the averaged weights when the run kept them
-        ema = module.ema_model is not None
-    if ema:
-        if module.ema_model is None:
-            raise CheckpointError(f"{path} has no EMA weights (the run trained without ema_decay)")
-        model = module.ema_model
     step = checkpoint.get("global_step")
-    label = f"{path.name}" + (f" (step {step})" if step is not None else "") + (" EMA" if ema else "")
-    return LoadedModel(model.eval(), lightning_preprocess(checkpoint), label)
+    return module.model, lightning_preprocess(checkpoint), f"{path.name}" + (f" (step {step})" if step is not None else "")
 
 
-def _from_state_dict(path: Path, state: dict[str, Any], model_name: str | None,
-                     model_kwargs: dict[str, Any] | None) -> LoadedModel:
-    import timm
+def _from_state_dict(path: Path, weights: Weights, model: tuple[str, dict[str, Any]] | None
+                     ) -> tuple[nn.Module, Preprocess, str]:
+    from glnet_lightning.models.official import identify_published_model
 
-    from glnet_lightning.models.official import (
-        convert_official_state_dict, identify_published_model, is_official_state_dict, unwrap_state_dict)
-
-    weights = unwrap_state_dict(state)
-    if model_name is None:
-        converted = convert_official_state_dict(weights) if is_official_state_dict(weights) else weights
-        model_name = identify_published_model(converted)
-        if model_name is None:
-            raise CheckpointError(f"{path} is a state dict of no published GLNet; give the model name "
-                                  "(glnet_stl, glnet_4g, ...) and its constructor arguments")
-    head = weights.get("head.weight")
-    kwargs = {"num_classes": int(head.shape[0]) if head is not None else 1000, **(model_kwargs or {})}
-    try:
-        model = timm.create_model(model_name, pretrained=True, **kwargs,
-                                  pretrained_cfg_overlay=dict(file=str(path), num_classes=kwargs["num_classes"]))
+    name, edits = model if model is not None else (identify_published_model(weights.state_dict), {})
+    if name is None:
+        raise CheckpointError(f"{path} is a state dict of no published GLNet; give its model as --model "
+                              "NAME[:key=value,...] (e.g. glnet_stl:num_slots=16)")
+    head = weights.state_dict.get("head.weight")
+    try:  # the one way from a description to a model, as fit, the sweeps and glnet bench build it
+        built = resolve_backbone(name, **edits).build(int(head.shape[0]) if head is not None else 1000)
     except (RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(f"cannot load {path} as {model_name}: {exc}") from exc
-    cfg = model.pretrained_cfg
+        raise CheckpointError(f"cannot build {name} for {path}: {exc}") from exc
+    cfg = built.pretrained_cfg
     preprocess = Preprocess(size=int(cfg.get("input_size", (3, 224, 224))[-1]), mean=tuple(cfg["mean"]),
                             std=tuple(cfg["std"]))
-    return LoadedModel(model.eval(), preprocess, f"{path.name} ({model_name})")
+    return built, preprocess, f"{path.name} ({name})"
 
 
-def load_model(path: str | Path, model_name: str | None = None, model_kwargs: dict[str, Any] | None = None,
-               ema: bool | None = False) -> LoadedModel:
+def load_model(path: str | Path, model: str | tuple[str, dict[str, Any]] | None = None, *,
+               weights: str = "auto") -> LoadedModel:
     """A GLNet from a ``fit`` checkpoint (``.ckpt`` of ``GLNetModule``) or a state dict file.
 
-    For a state dict, ``model_name`` (and ``model_kwargs`` for a non-default size) pick the timm
-    model; a published reference checkpoint is recognised without them. ``ema``: the averaged
-    weights of a ``fit`` checkpoint; None takes them when the checkpoint has them (the label ends
-    in "EMA" then) and a state dict as it is.
+    For a state dict, ``model`` names its network: ``NAME[:key=value,...]`` (a named GLNet with settings
+    changed, or any timm model with its arguments) or the parsed ``(name, edits)``; a published
+    reference checkpoint is recognised without it. ``weights``: ``raw``,
+    ``ema`` or ``auto`` (models/weights.py: the raw ``model`` of a published file, the EMA of a fit
+    checkpoint that has one); the label ends in "EMA" for EMA weights.
     """
     path = Path(path).expanduser()
     checkpoint = read_checkpoint(path, CheckpointError)
-    if "hyper_parameters" in checkpoint and "state_dict" in checkpoint:
-        if model_name is not None or model_kwargs:
-            raise CheckpointError(f"{path} is a Lightning checkpoint: it names its own model; drop the model name")
-        return _from_lightning(path, checkpoint, ema)
-    if ema:
-        raise CheckpointError(f"{path} is a plain state dict: it has no separate EMA weights")
-    return _from_state_dict(path, checkpoint, model_name, model_kwargs)
+    chosen = weights_from(checkpoint, weights, source=str(path), option="--weights")
+    if chosen.hyper_parameters is not None:
+        if model is not None:
+            raise CheckpointError(f"{path} is a Lightning checkpoint: it records its own model; drop --model")
+        built, preprocess, label = _from_lightning(path, checkpoint)
+    else:
+        if isinstance(model, str):
+            model = model_spec_arg(model)
+        built, preprocess, label = _from_state_dict(path, chosen, model)
+    try:
+        line = load_weights(built, chosen)
+    except WeightsError as exc:
+        name = model[0] if model is not None else "the model"
+        raise CheckpointError(f"cannot load {path} as {name}: {exc}") from exc
+    logger.info(line)
+    return LoadedModel(built.eval(), preprocess, label + (" EMA" if chosen.kind == "ema" else ""))

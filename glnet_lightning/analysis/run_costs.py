@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from glnet_lightning.lit.checkpoint_io import read_checkpoint
+from glnet_lightning.models.weights import read_checkpoint
 
 from .checkpoints import CheckpointError, lightning_preprocess
 

@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
 from .assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
-from .checkpoints import CheckpointError, load_model, model_kwargs_arg
+from .checkpoints import CheckpointError, load_model, model_spec_arg
 from .images import DEFAULT_IMAGES, ImageError, load_images
 
 __all__ = ["main", "build_parser", "write_figures"]
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "pseudo-coloured slot assignment and the 4 representative slots (k-medoids) as heat maps; "
                     "with --early, also the early-vs-late comparison.",
         epilog="examples:\n  glnet viz runs/fashion_mnist/checkpoints/last.ckpt --out figures\n"
-               "  glnet viz glnet_stl.pth --model-name glnet_stl --images cat.jpg dog.png --blocks 2 5 10",
+               "  glnet viz glnet_stl.pth --model glnet_stl --images cat.jpg dog.png --blocks 2 5 10",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path,
                         help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
@@ -41,10 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("slot_figures"), help="output folder (default: slot_figures)")
     parser.add_argument("--size", type=int, help="input resolution (default: the model's training size)")
     parser.add_argument("--slots", type=int, default=4, help="representative slots per block (default: 4)")
-    parser.add_argument("--model-name", help="timm model name for a state dict file (published ones are recognised)")
-    parser.add_argument("--model-kwargs", type=model_kwargs_arg, metavar="JSON",
-                        help="constructor arguments for a state dict of a non-default size, e.g. '{\"num_slots\": 16}'")
-    parser.add_argument("--ema", action="store_true", help="use the EMA weights of a fit checkpoint")
+    parser.add_argument("--model", type=model_spec_arg, metavar="NAME[:KEY=VALUE,...]",
+                        help="the network of a state dict file, as in glnet bench: a named model with settings "
+                             "changed, e.g. glnet_stl:num_slots=16,depths=[1,1,2,1] (published files are recognised)")
+    parser.add_argument("--weights", choices=WEIGHTS_CHOICES, default="auto",
+                        help="the raw or the EMA weights of a file that has both (default auto: the raw 'model' of "
+                             "a published file, the EMA of a fit checkpoint that kept one)")
     return parser
 
 
@@ -58,7 +61,7 @@ def write_figures(args: argparse.Namespace) -> list[Path]:
     checkpoints = [args.early, args.checkpoint] if args.early else [args.checkpoint]
     per_checkpoint = []
     for path in checkpoints:
-        loaded = load_model(path, args.model_name, args.model_kwargs, ema=args.ema)
+        loaded = load_model(path, args.model, weights=args.weights)
         results, notes = compute_slot_views(loaded, images, args.blocks, args.slots, args.size)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
@@ -89,7 +92,7 @@ def main(argv: list[str]) -> int:
         return args
     try:
         written = write_figures(args)
-    except (CheckpointError, ImageError, BlockError) as exc:
+    except (CheckpointError, WeightsError, ImageError, BlockError) as exc:
         return report("glnet viz", exc)
     except ModuleNotFoundError as exc:  # matplotlib / scikit-image are the analysis extra, not core dependencies
         return report("glnet viz", f"{exc.name} is not installed: pip install 'glnet-lightning[analysis]'")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import timm
 import torch.nn as nn
 
-from glnet_lightning.config_edit import ConfigEditError, parse_assignments
+from glnet_lightning.config_edit import ConfigEditError, parse_model_spec
 from glnet_lightning.models.backbone import resolve_backbone
 
 from .errors import BenchError
@@ -29,14 +29,10 @@ class ModelSpec:
 
 def parse_model_spec(text: str) -> ModelSpec:
     """Parse ``name`` or ``name:key=value,key=value``; values are YAML, as in every ``KEY=VALUE`` of the project."""
-    name, _, rest = text.partition(":")
-    name = name.strip()
-    if not name:
-        raise BenchError(f"empty model name in {text!r}")
     try:
-        kwargs = parse_assignments(filter(None, (part.strip() for part in rest.split(","))))
+        name, kwargs = parse_model_spec(text)
     except ConfigEditError as exc:
-        raise BenchError(f"bad model options in {text!r} (expected name:key=value,key=value): {exc}") from exc
+        raise BenchError(str(exc)) from exc
     return ModelSpec(text=text, name=name, kwargs=kwargs)
 
 

@@ -48,15 +48,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWriter
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
 from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
-from glnet_lightning.lit.init_weights import InitWeightsError
 from glnet_lightning.models.backbone import check_backbone, named_backbones, resolve_backbone
 from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
 from glnet_lightning.errors import UserError
+from glnet_lightning.models.weights import WeightsError
 
-__all__ = ["GLNetCLI", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
+__all__ = ["GLNetCLI", "GLNetTrainer", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
            "check_run_config"]
 
 #: Defaults of the ``--checkpoint.*`` group (a ModelCheckpoint every run has).
@@ -158,6 +158,32 @@ def _union_reason(text: str) -> str:
     return text
 
 
+class GLNetTrainer(Trainer):
+    """Lightning's ``Trainer``, with its batch-count options typed ``int | float`` in that order.
+
+    Why: Lightning annotates them ``Optional[Union[int, float]]``, but ``typing`` caches unions by
+    unordered equality, so depending on what was imported first the annotation comes back as
+    ``Union[float, int, None]``, and jsonargparse then reads ``--trainer.limit_train_batches 1`` as
+    1.0: the whole epoch instead of one batch. A ``|`` union keeps its order.
+
+    Args:
+        limit_train_batches: training batches per epoch: a count (int) or a fraction of the epoch (float).
+        limit_val_batches: validation batches: a count (int) or a fraction (float).
+        limit_test_batches: test batches: a count (int) or a fraction (float).
+        limit_predict_batches: prediction batches: a count (int) or a fraction (float).
+        overfit_batches: train and validate on this many batches (int) or this fraction (float) of the training set.
+        val_check_interval: validate every this many training batches (int) or fraction of an epoch (float).
+    """
+
+    def __init__(self, *, limit_train_batches: int | float | None = None, limit_val_batches: int | float | None = None,
+                 limit_test_batches: int | float | None = None, limit_predict_batches: int | float | None = None,
+                 overfit_batches: int | float = 0.0, val_check_interval: int | float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(limit_train_batches=limit_train_batches, limit_val_batches=limit_val_batches,
+                         limit_test_batches=limit_test_batches, limit_predict_batches=limit_predict_batches,
+                         overfit_batches=overfit_batches, val_check_interval=val_check_interval, **kwargs)
+
+
 class GLNetCLI(LightningCLI):
     """LightningCLI with :class:`GLNetModule` as the model and any LightningDataModule as ``data``."""
 
@@ -165,6 +191,7 @@ class GLNetCLI(LightningCLI):
         parser_kwargs = {"exit_on_error": False, **kwargs.pop("parser_kwargs", {})}
         kwargs.setdefault("save_config_callback", SaveFitConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config
+        kwargs.setdefault("trainer_class", GLNetTrainer)
         super().__init__(
             GLNetModule,
             LightningDataModule,
@@ -231,7 +258,7 @@ class GLNetCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError) as exc:
             raise ConfigError(_one_line(exc)) from exc
-        except (TrainingDiverged, CheckpointWriteError, InitWeightsError) as exc:
+        except (TrainingDiverged, CheckpointWriteError, WeightsError) as exc:
             raise RunError(_one_line(exc)) from exc
         except RuntimeError as exc:
             # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds

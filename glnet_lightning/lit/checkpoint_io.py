@@ -1,4 +1,4 @@
-"""Checkpoint writes that are atomic on local disks, and the one reader of user-given checkpoint files.
+"""Checkpoint writes that are atomic on local disks (user-given files are read by ``models/weights.read_checkpoint``).
 
 Why: Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction whose temporary file
 lives in the system temp directory; when that is another file system (tmpfs, a container layer,
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "read_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save"]
 
 
 class CheckpointWriteError(OSError):
@@ -76,25 +76,6 @@ def _remove_stale_temps(target: Path, keep: str) -> None:
 def _is_local(path: str | os.PathLike) -> bool:
     text = str(path)
     return "://" not in text or text.startswith("file://")
-
-
-def read_checkpoint(path: str | os.PathLike, error: type[Exception], name: str = "checkpoint") -> dict[str, Any]:
-    """The mapping saved in the file ``path`` (tensors on the CPU).
-
-    Any problem with the file (missing, not a torch file, not a mapping) raises ``error`` with a
-    message naming it as ``name``, so each caller reports in its own terms (``init_weights file``,
-    ``checkpoint``) and the user sees what to fix instead of torch's unpickling traceback.
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise error(f"{name} {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
-        raise error(f"cannot read {name} {path}: {exc}") from exc
-    if not isinstance(checkpoint, dict):
-        raise error(f"{name} {path} holds a {type(checkpoint).__name__}, not a checkpoint or state dict")
-    return checkpoint
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

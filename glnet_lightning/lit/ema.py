@@ -14,11 +14,9 @@ from typing import Any
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from glnet_lightning.models.weights import EMA_CHECKPOINT_KEY
+
 __all__ = ["EMA_CHECKPOINT_KEY", "EmaWeights"]
-
-
-#: Where a Lightning checkpoint keeps the EMA weights (GLNetModule writes it; init_weights reads it).
-EMA_CHECKPOINT_KEY = "ema_state_dict"
 
 
 class EmaWeights:

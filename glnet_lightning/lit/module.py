@@ -23,9 +23,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from glnet_lightning.models.backbone import Backbone, resolve_backbone
 from glnet_lightning.models.layers import channels_last_conv_weights
+from glnet_lightning.models.weights import WEIGHTS_CHOICES, load_weights
 
 from .ema import EMA_CHECKPOINT_KEY, EmaWeights
-from .init_weights import INIT_WEIGHTS_KEYS, load_init_weights
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
 from .nonfinite import NonFiniteLossGuard
 from .optim import build_adamw
@@ -101,13 +101,13 @@ class GLNetModule(LightningModule):
         slot_map_every_n_epochs: log slot assignment images every N epochs (0 disables).
         nonfinite_loss: a NaN/inf training loss ``stop``s the run (naming the step and the last
             checkpoint) or is ``skip``ped without changing weights, optimizer or EMA (lit/nonfinite.py).
-        init_weights: weights to start from: a published checkpoint (reference GLNet layout, or any
-            layout timm's pretrained path takes for ``model_name``) or a ``fit`` checkpoint. A classifier
-            of another ``num_classes`` is re-initialised (and logged). Loaded when the Trainer first
-            uses the model, unless a checkpoint is restored (``--ckpt_path``, ``load_from_checkpoint``):
-            see :meth:`load_init_weights`.
-        init_weights_key: which weights of an ``init_weights`` file that has both: ``ema``, ``raw``, or
-            ``auto`` (EMA when present).
+        init_weights: weights to start from: a published checkpoint (reference GLNet layout), a state
+            dict or a ``fit`` checkpoint (any layout ``models/weights.py`` reads). A classifier of another
+            ``num_classes`` is re-initialised (and logged). Loaded when the Trainer first uses the model,
+            unless a checkpoint is restored (``--ckpt_path``, ``load_from_checkpoint``): see
+            :meth:`load_init_weights`.
+        init_weights_key: which weights of the ``init_weights`` file: ``raw``, ``ema``, or ``auto`` (the
+            raw ``model`` of a published / plain file, the EMA of a ``fit`` checkpoint that has one).
         compile: ``torch.compile`` the backbone for training and evaluation: ``true`` (defaults),
             options, e.g. ``{mode: max-autotune-no-cudagraphs}`` (keys: :data:`COMPILE_OPTIONS`), or
             ``auto``: compile on CUDA, eager on other devices (:func:`resolve_compile`; the ImageNet
@@ -146,8 +146,8 @@ class GLNetModule(LightningModule):
                              f"warmup_epochs={warmup_epochs}, min_lr={min_lr}")
         if slot_map_every_n_epochs < 0:
             raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
-        if init_weights_key not in INIT_WEIGHTS_KEYS:
-            raise ValueError(f"init_weights_key={init_weights_key!r}: choose one of {list(INIT_WEIGHTS_KEYS)}")
+        if init_weights_key not in WEIGHTS_CHOICES:
+            raise ValueError(f"init_weights_key={init_weights_key!r}: choose one of {list(WEIGHTS_CHOICES)}")
         self._compile_options = _compile_options(compile)
         self.nonfinite_guard = NonFiniteLossGuard(nonfinite_loss)  # validates the policy
         if num_classes < 1:
@@ -190,7 +190,8 @@ class GLNetModule(LightningModule):
         """
         if not self._init_weights_pending:
             return
-        rank_zero_info(load_init_weights(self.model, self.hparams.init_weights, self.hparams.init_weights_key))
+        rank_zero_info(load_weights(self.model, self.hparams.init_weights, self.hparams.init_weights_key,
+                                    what="init_weights", option="--model.init_weights_key"))
         self._init_weights_pending = False
 
     def on_validation_start(self) -> None:

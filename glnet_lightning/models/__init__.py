@@ -1,7 +1,8 @@
 """GLNet models: the configurable architecture, its strategies, timm registration and the
 bridge to the reference implementation's arguments and checkpoints."""
 from .glnet import GLNet, GLNetStage, checkpoint_filter_fn, glnet_from_official_kwargs
-from .official import convert_official_state_dict, unwrap_state_dict
+from .official import convert_official_state_dict
+from .weights import WEIGHTS_CHOICES, Weights, WeightsError, load_weights, read_weights
 from .strategies import (
     ClusteringStrategy,
     DWConvLocal,
@@ -29,7 +30,7 @@ MODEL_NAMES = ("glnet_stl", "glnet_stl_paramslot", "glnet_4g", "glnet_9g", "glne
 
 __all__ = [
     "GLNet", "GLNetStage", "checkpoint_filter_fn", "convert_official_state_dict", "glnet_from_official_kwargs",
-    "unwrap_state_dict", "DWConvLocal", "WindowMHSALocal", "SlotAttentionGlobal", "PooledSlotInitStrategy",
+    "WEIGHTS_CHOICES", "Weights", "WeightsError", "load_weights", "read_weights", "DWConvLocal", "WindowMHSALocal", "SlotAttentionGlobal", "PooledSlotInitStrategy",
     "ParamSlotInitStrategy", "SoftClusteringStrategy", "KMeansClusteringStrategy", "ParallelFusion",
     "GlobalThenLocalFusion", "LocalThenGlobalFusion", "GLMixConfig", "GLMixer", "resolve_strategy",
     "strategy_names", "register", "LocalStrategy", "GlobalStrategy", "SlotInitStrategy", "ClusteringStrategy",

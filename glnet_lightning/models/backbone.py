@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import timm
 import torch
+import yaml
 from torch import nn
 
 __all__ = ["Backbone", "TimmModel", "named_backbones", "register_backbone", "resolve_backbone", "check_backbone"]
@@ -66,6 +67,15 @@ class Backbone(abc.ABC):
         """The ``class_path`` / ``init_args`` form that checkpoints store and :func:`resolve_backbone` reads back."""
         cls = type(self)
         return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": self.settings()}
+
+    def as_spec(self) -> str:
+        """``NAME:key=value,...`` with the fields that differ from ``NAME``'s defaults: the syntax of
+        ``glnet bench`` specs and ``--model`` options, short enough for a message."""
+        name = next((n for n, c in _NAMED.items() if c is type(self)), type(self).__name__)
+        defaults = type(self)().settings()
+        changed = {k: v for k, v in self.settings().items() if defaults.get(k) != v}
+        flow = lambda v: yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()  # noqa: E731
+        return name + (":" + ",".join(f"{k}={flow(v)}" for k, v in changed.items()) if changed else "")
 
     def replace(self, **edits: Any) -> Backbone:
         """A copy with some fields changed; an unknown field is a ``ValueError`` naming the valid ones."""

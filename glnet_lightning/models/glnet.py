@@ -14,6 +14,7 @@ branch that is ``none`` they are checked, then ignored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
@@ -27,9 +28,9 @@ from torch import nn
 from .backbone import Backbone, register_backbone
 from .blocks import BLOCK_TYPES, GLMixBlock
 from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting
-from .official import (check_fits, convert_official_state_dict, is_official_state_dict, official_kwargs_to_ours,
-                       unwrap_state_dict)
+from .official import official_kwargs_to_ours
 from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal, resolve_strategy
+from .weights import Weights, WeightsError, classifier_note, mismatch, read_weights, weights_from
 
 __all__ = ["GLNet", "GLNetArgs", "GLNetStage", "NAMED_MODELS", "checkpoint_filter_fn", "glnet_from_official_kwargs"]
 
@@ -386,24 +387,49 @@ def glnet_from_official_kwargs(**official_kwargs: Any) -> GLNet:
     return GLNet(**official_kwargs_to_ours(**official_kwargs))
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet) -> dict[str, torch.Tensor]:
-    """Accept our own state dicts and the published reference checkpoints (converted by name)."""
-    state_dict = unwrap_state_dict(state_dict)
-    if is_official_state_dict(state_dict):
-        state_dict = convert_official_state_dict(state_dict)
-        check_fits(state_dict, model)
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet, weights: Weights | None = None) -> dict[str, torch.Tensor]:
+    """timm's pretrained filter: the weights under our names (models/weights.py chooses and converts),
+    refused with one line naming what differs before timm loads anything.
+
+    ``weights``: the file ``_create_glnet`` read (its name and kind for the messages); without it the
+    state dict timm loaded (a URL / hub download, or ``pretrained_cfg_overlay=dict(state_dict=...)``).
+    """
+    if weights is None:
+        weights = weights_from(state_dict)
+        state_dict = weights.state_dict
+    problem = mismatch(state_dict, model, hyper_parameters=weights.hyper_parameters)
+    if problem is not None:
+        raise WeightsError(f"pretrained weights {weights.source} do not fit {type(model).__name__}: {problem}")
+    logger.info(f"weights: {weights.describe()}{classifier_note(weights, model)}")
     return state_dict
 
 
 def _create_glnet(variant: str, pretrained: bool = False, **kwargs) -> GLNet:
-    return build_model_with_cfg(
+    filter_fn = checkpoint_filter_fn
+    overlay = kwargs.get("pretrained_cfg_overlay") or {}
+    if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
+        # Read here, not by timm: timm takes model_ema before model and cannot read a fit .ckpt; weights.py
+        # takes what the file's authors evaluate (and names a missing file). The cfg's num_classes describes
+        # the file (the model's default, as for timm's own weights), so timm keeps the file's classifier
+        # exactly when the model has as many classes.
+        weights = read_weights(overlay["file"], "auto")
+        head = weights.state_dict.get("head.weight")
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "state_dict": weights.state_dict,
+                                            **({"num_classes": head.shape[0]} if head is not None else {})}
+        filter_fn = functools.partial(checkpoint_filter_fn, weights=weights)
+    model = build_model_with_cfg(
         GLNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=filter_fn,
         # 'getter' runs forward_intermediates on a model pruned to the wanted stages; 'fx', 'list'
         # and 'hook' still work through feature_cls=... (flatten_sequential is for the latter two).
         feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter", flatten_sequential=True),
         **kwargs,
     )
+    for module in model.modules():  # the cfg names the file: no copy of its weights (a features_only wrapper has two)
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)
+    return model
 
 
 def _cfg(**kwargs) -> dict[str, Any]:

@@ -68,16 +68,6 @@ _BLOCK_RULES = [
 ]
 
 
-def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The weights of a checkpoint: raw, or nested under ``model_ema``/``model``/``state_dict``,
-    with a DDP ``module.`` prefix removed."""
-    for key in ("model_ema", "state_dict_ema", "model", "state_dict"):
-        if isinstance(checkpoint.get(key), Mapping):
-            checkpoint = checkpoint[key]
-            break
-    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
-
-
 def is_official_state_dict(state_dict: Mapping[str, Any]) -> bool:
     return any(k.startswith("downsample_layers.") for k in state_dict)
 
@@ -101,8 +91,8 @@ def _convert_key(key: str, overlap_stem: bool) -> str:
 
 
 def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Map reference parameter names and shapes to ours (layer scales become (C,) vectors)."""
-    state_dict = unwrap_state_dict(state_dict)
+    """Map reference parameter names and shapes to ours (layer scales become (C,) vectors); takes the flat
+    state dict (``models/weights.py`` finds it in a file)."""
     overlap_stem = "downsample_layers.0.0.weight" not in state_dict
     out, unknown = {}, []
     for key, value in state_dict.items():
@@ -131,26 +121,3 @@ def identify_published_model(state_dict: Mapping[str, torch.Tensor]) -> str | No
         return None
     param_slots = any(k.endswith(".slot_init.slots") for k in state_dict)
     return _PUBLISHED.get(("overlap" if overlap else "patch", stem_out.shape[0], param_slots))
-
-
-def check_fits(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module) -> None:
-    """Raise a ValueError naming the mismatching keys, and the model a published checkpoint fits.
-
-    The classifier is left out of the comparison: timm re-initialises it when ``num_classes``
-    differs from the checkpoint's; so are the input channels of the first conv (``in_chans``).
-    """
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
-    given = {k: v.shape for k, v in state_dict.items() if not k.startswith("head.")}
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
-    # the input conv may differ in its input channels only: timm adapts it (in_chans) after this filter
-    wrong_shape = sorted(k for k in set(expected) & set(given) if expected[k] != given[k]
-                         and not (k == "stem.0.weight" and expected[k][:1] + expected[k][2:] == given[k][:1] + given[k][2:]))
-    if not (missing or unexpected or wrong_shape):
-        return
-    fits = identify_published_model(state_dict)
-    hint = f" The checkpoint fits timm.create_model('{fits}', ...)." if fits else ""
-    details = "; ".join(f"{label}: {keys[:5]}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
-                        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                            ("wrong shape", wrong_shape)) if keys)
-    raise ValueError(f"checkpoint does not fit this model ({details}).{hint}")

@@ -56,7 +56,7 @@ def test_published_reference_checkpoint_via_timm(conformance, tmp_path):
     fixture = torch.load(conformance / "stl_tiny.pt", weights_only=False)
     torch.save(fixture["state_dict"], tmp_path / "reference.pth")
     kwargs = dict(depths=[1, 1, 2, 1], dims=[32, 64, 96, 128], num_slots=16)
-    loaded = load_model(tmp_path / "reference.pth", "glnet_stl", kwargs)
+    loaded = load_model(tmp_path / "reference.pth", ("glnet_stl", kwargs))
     with torch.no_grad():
         assert torch.allclose(loaded.model(fixture["input"]), fixture["logits"], atol=1e-4)
     assert loaded.preprocess.size == 224 and loaded.label == "reference.pth (glnet_stl)"
@@ -70,13 +70,30 @@ def test_own_state_dict_needs_a_model_name(tmp_path):
     model = timm.create_model("glnet_stl", num_classes=3, depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16,
                               stage_mixers=["glmix"] * 4, num_slots=4)
     torch.save(model.state_dict(), tmp_path / "ours.pth")
-    kwargs = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
-    loaded = load_model(tmp_path / "ours.pth", "glnet_stl", kwargs)
+    spec = "glnet_stl:depths=[1,1,1,1],dims=[16,32,48,64],head_dim=16,stage_mixers=[glmix,glmix,glmix,glmix],num_slots=4"
+    loaded = load_model(tmp_path / "ours.pth", spec)  # the syntax of glnet bench specs
     assert torch.equal(loaded.model.head.weight, model.head.weight)
-    with pytest.raises(CheckpointError, match="no published GLNet"):
+    with pytest.raises(CheckpointError, match="no published GLNet; give its model as --model NAME"):
         load_model(tmp_path / "ours.pth")
     with pytest.raises(CheckpointError, match="cannot load .* as glnet_stl"):
-        load_model(tmp_path / "ours.pth", "glnet_stl", dict(kwargs, dims=[16, 32, 48, 96]))
+        load_model(tmp_path / "ours.pth", spec.replace("64]", "96]"))
+    with pytest.raises(CheckpointError, match=r"glnet_stl has no setting\(s\) \['num_slotz'\]"):
+        load_model(tmp_path / "ours.pth", "glnet_stl:num_slotz=4")
+
+
+@pytest.mark.parametrize("weights, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
+def test_state_dict_with_model_and_model_ema(tmp_path, weights, kind, caplog):
+    """auto is the raw model, as the reference evaluates its published files; the label says EMA."""
+    kwargs = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
+    saved = {key: timm.create_model("glnet_stl", num_classes=3, **kwargs).state_dict() for key in ("model", "model_ema")}
+    assert not torch.equal(saved["model"]["head.weight"], saved["model_ema"]["head.weight"])
+    torch.save(saved, tmp_path / "both.pth")
+    with caplog.at_level("INFO"):
+        loaded = load_model(tmp_path / "both.pth", ("glnet_stl", kwargs), weights=weights)
+    state = loaded.model.state_dict()
+    assert state.keys() == saved[kind].keys() and all(torch.equal(state[k], v) for k, v in saved[kind].items())
+    assert loaded.label == "both.pth (glnet_stl)" + (" EMA" if kind == "model_ema" else "")
+    assert f"weights: the {'EMA' if kind == 'model_ema' else 'raw'} weights ({kind}) of both.pth" in caplog.text
 
 
 @pytest.mark.slow
@@ -88,7 +105,7 @@ def test_fit_checkpoint_brings_its_model_and_data_statistics(tiny_runs):
                                            grayscale=True)
     assert loaded.label == "last.ckpt (step 4)" and not loaded.model.training
     assert len(loaded.model.glmix_blocks()) == 4
-    with pytest.raises(CheckpointError, match="has no EMA weights"):
-        load_model(tiny_runs.late, ema=True)
+    with pytest.raises(ValueError, match=r"has no EMA weights \(its run trained without ema_decay\).*pass --weights raw"):
+        load_model(tiny_runs.late, weights="ema")
     with pytest.raises(CheckpointError, match="names its own model"):
         load_model(tiny_runs.late, "glnet_stl")

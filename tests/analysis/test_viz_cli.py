@@ -20,7 +20,7 @@ def test_help_lists_the_options(capsys):
     (["{missing}"], "checkpoint {missing} does not exist"),
     (["{ckpt}", "--images", "{broken}"], "cannot read image {broken}"),
     (["{ckpt}", "--images", "{missing}"], "image {missing} does not exist"),
-    (["{ckpt}", "--model-kwargs", "[1]"], "expected a JSON object"),
+    (["{ckpt}", "--model", "glnet_stl:num_slots"], "expected KEY=VALUE, got 'num_slots'"),
     (["{ckpt}", "--size", "4"], "--size 4 is too small"),
     (["{ckpt}", "--slots", "0"], "--slots 0: show at least one"),
 ])
@@ -68,3 +68,35 @@ def test_published_checkpoint_is_recognised_without_a_model_name(conformance, tm
     captured = capsys.readouterr()
     assert "note:" not in captured.err  # all of 2, 5, 10 exist in GLNet-STL
     assert [p.name for p in out.iterdir()] == ["coffee_slots.png"]
+
+
+@pytest.mark.parametrize("weights, kind", [("auto", "raw"), ("raw", "raw"), ("ema", "EMA")])
+def test_weights_of_a_file_with_model_and_model_ema(tmp_path, caplog, capsys, weights, kind):
+    """auto is the raw ``model`` (as the reference evaluates); the tensors are load_model's (tests/analysis/test_loading.py)."""
+    import timm
+    import torch
+
+    kwargs = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
+    torch.save({key: timm.create_model("glnet_stl", num_classes=3, **kwargs).state_dict()
+                for key in ("model", "model_ema")}, tmp_path / "both.pth")
+    args = [str(tmp_path / "both.pth"), "--model",
+            "glnet_stl:depths=[1,1,1,1],dims=[16,32,48,64],head_dim=16,stage_mixers=[glmix,glmix,glmix,glmix],num_slots=4",
+            "--images", "skimage:coffee", "--blocks", "1", "--size", "32",
+            "--out", str(tmp_path / "figures"), "--weights", weights]
+    with caplog.at_level("INFO"):
+        assert main(args) == 0, capsys.readouterr().err
+    key = "model_ema" if kind == "EMA" else "model"
+    assert f"weights: the {kind} weights ({key}) of both.pth" in caplog.text
+    assert (tmp_path / "figures" / "coffee_slots.png").is_file()
+
+
+def test_ema_of_a_file_without_it_is_one_line(tmp_path, capsys):
+    import timm
+    import torch
+
+    torch.save(timm.create_model("glnet_stl", num_classes=3, depths=[1, 1, 1, 1], dims=[16, 32, 48, 64],
+                                 head_dim=16, num_slots=4).state_dict(), tmp_path / "plain.pth")
+    assert main([str(tmp_path / "plain.pth"), "--model", "glnet_stl", "--weights", "ema"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'plain.pth'} has no EMA weights: it has the raw weights (a plain state dict); pass " \
+           "--weights raw or --weights auto" in err and err.count("\n") == 1

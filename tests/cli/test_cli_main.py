@@ -52,3 +52,16 @@ def test_sweep_and_ablation_groups_are_dispatched(capsys):
     capsys.readouterr()
     assert main(["sweep", "gird"]) == 2
     assert "unknown sub-command 'gird'; choose from grid, optuna, report" in capsys.readouterr().err
+
+
+def test_a_batch_count_of_one_is_one_batch_not_the_whole_epoch(capsys):
+    """Lightning types the limits Optional[Union[int, float]], which typing's union cache can hand back as
+    Union[float, int, None]; then "1" parsed as 1.0 meant 100 % of the epoch (GLNetTrainer retypes them)."""
+    import yaml
+
+    fmnist = str(Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist.yaml")
+    assert main(["fit", "--config", fmnist, "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches",
+                 "0.25", "--trainer.val_check_interval", "2", "--print_config"]) == 0
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["limit_train_batches"] == 1 and isinstance(trainer["limit_train_batches"], int)
+    assert trainer["limit_val_batches"] == 0.25 and isinstance(trainer["val_check_interval"], int)

@@ -10,10 +10,10 @@ import torch
 
 from glnet_lightning.cli.main import main as glnet_main
 from glnet_lightning.lit import GLNetModule
-from glnet_lightning.lit.init_weights import InitWeightsError, load_init_weights
 from glnet_lightning.models import convert_official_state_dict, glnet_from_official_kwargs
 from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.glnet import glnet_stl
+from glnet_lightning.models.weights import WeightsError, read_weights
 
 REPO = Path(__file__).resolve().parents[2]
 # the conformance fixtures' architecture (tests/models/test_conformance.py builds it from the reference arguments)
@@ -115,7 +115,7 @@ def test_fine_tuned_checkpoint_reloads_and_resumes_without_the_init_file(referen
 
 
 @pytest.mark.parametrize("key", ["auto", "ema", "raw"])
-def test_fit_checkpoint_gives_its_ema_or_raw_weights(reference, tmp_path, data, make_trainer, key):
+def test_fit_checkpoint_gives_its_ema_or_raw_weights(reference, tmp_path, data, make_trainer, key, caplog):
     path, _ = reference
     source = make_module(path, ema_decay=0.5)
     trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
@@ -125,9 +125,27 @@ def test_fit_checkpoint_gives_its_ema_or_raw_weights(reference, tmp_path, data, 
     assert not torch.equal(source.model.head.weight, source.ema_model.head.weight)
 
     module = make_module(tmp_path / "run.ckpt", init_weights_key=key)
-    message = load_init_weights(module.model, tmp_path / "run.ckpt", key)
+    with caplog.at_level(logging.INFO):
+        module.load_init_weights()
     assert same_weights(module.model, expected)
-    assert ("the raw weights" if key == "raw" else "the EMA weights") in message
+    kind = "raw" if key == "raw" else "EMA"
+    assert f"init_weights: the {kind} weights of run.ckpt (step 2)" in caplog.text
+    # the same words give the same tensors through glnet export / viz (analysis.checkpoints.load_model)
+    from glnet_lightning.analysis.checkpoints import load_model
+
+    assert same_weights(load_model(tmp_path / "run.ckpt", weights=key).model, expected)
+
+
+@pytest.mark.parametrize("key, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
+def test_reference_layout_with_model_and_model_ema(tmp_path, key, kind):
+    """auto is the raw ``model``: the weights the reference evaluates (and its published accuracies are for)."""
+    weights = {"model": make_module().model.state_dict(), "model_ema": make_module().model.state_dict()}
+    assert not torch.equal(weights["model"]["head.weight"], weights["model_ema"]["head.weight"])
+    torch.save({**weights, "epoch": 299}, tmp_path / "both.pth")
+    module = make_module(tmp_path / "both.pth", init_weights_key=key)
+    module.load_init_weights()
+    assert same_weights(module.model, weights[kind])
+    assert same_weights(module.model, read_weights(tmp_path / "both.pth", key).state_dict)
 
 
 def test_ema_requested_from_a_checkpoint_without_ema(tmp_path, data, make_trainer):
@@ -135,7 +153,8 @@ def test_ema_requested_from_a_checkpoint_without_ema(tmp_path, data, make_traine
     trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(source, datamodule=data)
     trainer.save_checkpoint(tmp_path / "no_ema.ckpt")
-    with pytest.raises(InitWeightsError, match="has no EMA weights"):
+    with pytest.raises(WeightsError, match=r"no_ema.ckpt has no EMA weights \(its run trained without ema_decay\): it "
+                                           r"has the raw weights \(state_dict\); pass --model.init_weights_key raw"):
         make_module(tmp_path / "no_ema.ckpt", init_weights_key="ema").load_init_weights()
     module = make_module(tmp_path / "no_ema.ckpt")  # auto falls back to the raw weights
     module.load_init_weights()
@@ -144,14 +163,15 @@ def test_ema_requested_from_a_checkpoint_without_ema(tmp_path, data, make_traine
 
 def test_bad_init_weights_are_clear_errors(reference, tmp_path):
     path, _ = reference
-    with pytest.raises(InitWeightsError, match="does not exist"):
+    with pytest.raises(WeightsError, match="init_weights file .*missing.pth does not exist"):
         make_module(tmp_path / "missing.pth").load_init_weights()
     (tmp_path / "junk.pth").write_bytes(b"junk")
-    with pytest.raises(InitWeightsError, match="cannot read"):
+    with pytest.raises(WeightsError, match="cannot read init_weights file"):
         make_module(tmp_path / "junk.pth").load_init_weights()
     wrong = make_module(path, backbone=glnet_stl(**dict(STL_KWARGS, dims=[32, 64, 96, 160])))
     before = {k: v.clone() for k, v in wrong.model.state_dict().items()}
-    with pytest.raises(InitWeightsError, match="does not fit GLNet"):
+    with pytest.raises(WeightsError, match=r"init_weights .*glnet_stl_tiny.pth does not fit GLNet: .*key\(s\) of another "
+                                           r"shape: norm.bias \[128\] in the checkpoint vs \[160\]"):
         wrong.load_init_weights()
     assert same_weights(wrong.model, before)  # a refused file changes nothing
     with pytest.raises(ValueError, match="init_weights_key='best'"):
@@ -179,10 +199,10 @@ def test_cli_validates_a_published_checkpoint_and_fine_tunes_from_it(reference, 
             "--data.init_args.num_workers", "0", "--test_after_fit", "false"]
     with caplog.at_level(logging.INFO):
         assert glnet_main(["validate", *args, "--model.init_weights", str(path)]) == 0
-        assert f"init_weights: loaded {path.name} (model)" in caplog.text
+        assert f"init_weights: the raw weights (model) of {path.name}" in caplog.text
         assert glnet_main(["fit", *args, "--model.init_weights", str(path)]) == 0
     path.unlink()
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert glnet_main(["validate", *args, "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")]) == 0
-    assert "init_weights: loaded" not in caplog.text
+    assert "init_weights: the" not in caplog.text

@@ -14,6 +14,7 @@ import glnet_lightning  # noqa: F401  (registers the models)
 from glnet_lightning.export import (MIN_SIDE, StageOutputs, dynamic_shapes, export_model, load_exported, main,
                                     verify_export, within_tolerance)
 from glnet_lightning.models import MODEL_NAMES
+from glnet_lightning.models.glnet import glnet_stl
 
 TINY = dict(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4)
 # traced at 2 x 96 x 128; checked at sizes the trace never saw: batch 1 and 3, odd sides, 513 x 769
@@ -144,8 +145,7 @@ def test_cli_exports_a_published_checkpoint_to_onnx(conformance, tmp_path, capsy
     fixture = torch.load(conformance / "g4_tiny.pt", weights_only=False)
     torch.save(fixture["state_dict"], tmp_path / "g4.pth")
     out = tmp_path / "g4.onnx"
-    code = main([str(tmp_path / "g4.pth"), "--model-name", "glnet_4g", "--model-kwargs",
-                 '{"depths": [1, 1, 2, 2], "dims": [32, 64, 96, 128], "num_slots": 16, "mlp_ratios": 3.0}',
+    code = main([str(tmp_path / "g4.pth"), "--model", "glnet_4g:depths=[1,1,2,2],dims=[32,64,96,128],num_slots=16",
                  "--format", "onnx", "--out", str(out), "--img-size", "64", "96", "--batch", "2"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -171,7 +171,7 @@ def test_cli_exports_the_ema_or_raw_weights_of_a_fit_checkpoint(tmp_path, capsys
         def train_dataloader(self):
             return DataLoader(TensorDataset(torch.randn(8, 3, 64, 64), torch.arange(8) % 4), batch_size=4)
 
-    module = GLNetModule("glnet_stl", dict(TINY), num_classes=4, ema_decay=0.5, mixup=0.0, cutmix=0.0,
+    module = GLNetModule(glnet_stl(**TINY), num_classes=4, ema_decay=0.5, mixup=0.0, cutmix=0.0,
                          slot_map_every_n_epochs=0, warmup_epochs=0, lr=0.5)
     data = Data()
     trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -187,6 +187,29 @@ def test_cli_exports_the_ema_or_raw_weights_of_a_fit_checkpoint(tmp_path, capsys
         assert main([str(tmp_path / "run.ckpt"), "--out", str(out), "--img-size", "64", "--weights", weights]) == 0
         assert ("EMA" in capsys.readouterr().out.splitlines()[0]) == (weights == "auto")
         torch.testing.assert_close(load_exported(out, "pt2")(x)[0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
+def test_cli_exports_the_raw_model_or_the_ema_of_a_reference_layout_file(tmp_path, capsys, weights, kind):
+    """A file holding both ``model`` and ``model_ema`` (different values): auto is the raw model, as the
+    reference evaluates its published checkpoints."""
+    kwargs = dict(TINY, dims=(16, 32, 48, 64), head_dim=16)
+    saved = {key: tiny("glnet_stl", **kwargs).state_dict() for key in ("model", "model_ema")}
+    assert not torch.equal(saved["model"]["head.weight"], saved["model_ema"]["head.weight"])
+    torch.save(saved, tmp_path / "both.pth")
+    out = tmp_path / f"{weights}.pt2"
+    assert main([str(tmp_path / "both.pth"), "--model", "glnet_stl:depths=[1,1,1,1],dims=[16,32,48,64],head_dim=16,num_slots=4",
+                 "--out", str(out), "--img-size", "32", "--weights", weights]) == 0, capsys.readouterr().err
+    exported = torch.export.load(str(out)).state_dict
+    assert all(torch.equal(exported[k], saved[kind][k]) for k in ("head.weight", "stem.0.weight"))
+
+
+def test_cli_refuses_ema_of_a_file_without_it(tmp_path, capsys):
+    torch.save(tiny("glnet_stl").state_dict(), tmp_path / "plain.pth")
+    assert main([str(tmp_path / "plain.pth"), "--model", "glnet_stl", "--format", "pt2", "--weights", "ema"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"glnet export: error: {tmp_path / 'plain.pth'} has no EMA weights: it has the raw weights (a plain "
+                   "state dict); pass --weights raw or --weights auto\n")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -60,7 +60,8 @@ def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path)
     source = manifest_state_dict(conformance, "glnet_stl")
     del source["stages.1.blocks.0.slot_scale"]
     torch.save(source, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match=r"missing: \['stages.1.blocks.0.mixer.global_branch.clustering.tau'\]"):
+    with pytest.raises(ValueError, match=r"bad.pth do not fit GLNet: 1 missing key\(s\): "
+                                         r"stages.1.blocks.0.mixer.global_branch.clustering.tau \[\]"):
         timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "bad.pth")))
 
 
@@ -139,8 +140,41 @@ def test_grad_checkpointing_gives_same_gradients():
 
 def test_wrong_model_name_for_a_published_checkpoint_says_which_fits(conformance, tmp_path):
     torch.save({"model": manifest_state_dict(conformance, "glnet_9g")}, tmp_path / "g9.pth")
-    with pytest.raises(ValueError, match=r"wrong shape.*fits timm.create_model\('glnet_9g'"):
+    with pytest.raises(ValueError, match=r"of another shape: .* in the checkpoint vs .*fit timm.create_model\('glnet_9g'"):
         timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "g9.pth")))
     torch.save(manifest_state_dict(conformance, "glnet_stl_paramslot"), tmp_path / "ps.pth")
-    with pytest.raises(ValueError, match=r"unexpected.*slot_init.slots.*fits timm.create_model\('glnet_stl_paramslot'"):
+    with pytest.raises(ValueError, match=r"unexpected key\(s\): .*slot_init.slots.*fit timm.create_model\('glnet_stl_paramslot'"):
         timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "ps.pth")))
+
+
+TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4,
+            num_classes=3)
+
+
+def test_pretrained_file_with_model_and_model_ema_gives_the_raw_model(tmp_path, caplog):
+    """As the reference evaluates its published checkpoints (timm alone would take model_ema)."""
+    raw, ema = timm.create_model("glnet_stl", **TINY).state_dict(), timm.create_model("glnet_stl", **TINY).state_dict()
+    torch.save({"model": raw, "model_ema": ema}, tmp_path / "both.pth")
+    with caplog.at_level("INFO"):
+        model = timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "both.pth")),
+                                  **TINY)
+    assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
+    assert "weights: the raw weights (model) of both.pth" in caplog.text
+    assert "state_dict" not in model.pretrained_cfg and model.pretrained_cfg["file"] == str(tmp_path / "both.pth")
+
+
+def test_pretrained_fit_checkpoint_gives_its_ema(tmp_path):
+    """The layout GLNetModule saves (model.-prefixed state_dict, hyper_parameters, EMA beside)."""
+    from glnet_lightning.models.weights import EMA_CHECKPOINT_KEY
+
+    raw, ema = timm.create_model("glnet_stl", **TINY).state_dict(), timm.create_model("glnet_stl", **TINY).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in raw.items()}, "hyper_parameters": {"model_name": "glnet_stl"},
+                EMA_CHECKPOINT_KEY: ema, "global_step": 7}, tmp_path / "run.ckpt")
+    model = timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "run.ckpt")),
+                              **TINY)
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+
+
+def test_missing_pretrained_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match=f"^weights file {tmp_path / 'glnet_4g.pth'} does not exist$"):
+        timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "glnet_4g.pth")))

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback
 
 from glnet_lightning.cli.main import main
 from glnet_lightning.lit import GLNetModule
+from glnet_lightning.models.glnet import glnet_stl
 from reliability_probe import PoisonBatch
 
 POISONED_STEP = 3
@@ -35,7 +36,7 @@ def _equal(a, b) -> bool:
 
 
 def test_skip_leaves_every_state_untouched_and_training_goes_on(tiny_kwargs, images_cls, make_trainer, tmp_path):
-    module = GLNetModule("glnet_stl", tiny_kwargs, num_classes=10, drop_path_rate=0.0, mixup=0.0, cutmix=0.0,
+    module = GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, drop_path_rate=0.0, mixup=0.0, cutmix=0.0,
                          ema_decay=0.9, slot_map_every_n_epochs=0, warmup_epochs=0, nonfinite_loss="skip")
     snapshots = Snapshots()
     trainer = make_trainer(tmp_path, max_steps=6, gradient_clip_val=5.0,
