@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import timm
 import torch.nn as nn
 
-from glnet_lightning.config_edit import ConfigEditError, parse_model_spec
+from glnet_lightning import config_edit
 from glnet_lightning.models.backbone import resolve_backbone
 
 from .errors import BenchError
@@ -30,8 +30,8 @@ class ModelSpec:
 def parse_model_spec(text: str) -> ModelSpec:
     """Parse ``name`` or ``name:key=value,key=value``; values are YAML, as in every ``KEY=VALUE`` of the project."""
     try:
-        name, kwargs = parse_model_spec(text)
-    except ConfigEditError as exc:
+        name, kwargs = config_edit.parse_model_spec(text)  # the project's one KEY=VALUE reader
+    except config_edit.ConfigEditError as exc:
         raise BenchError(str(exc)) from exc
     return ModelSpec(text=text, name=name, kwargs=kwargs)
 

@@ -1,6 +1,7 @@
 """GLNet models: the configurable architecture, its strategies, timm registration and the
 bridge to the reference implementation's arguments and checkpoints."""
-from .glnet import GLNet, GLNetStage, checkpoint_filter_fn, glnet_from_official_kwargs
+from .backbone import Backbone, TimmModel, resolve_backbone
+from .glnet import NAMED_MODELS, GLNet, GLNetArgs, GLNetStage, checkpoint_filter_fn, glnet_from_official_kwargs
 from .official import convert_official_state_dict
 from .weights import WEIGHTS_CHOICES, Weights, WeightsError, load_weights, read_weights
 from .strategies import (
@@ -26,9 +27,10 @@ from .strategies import (
     strategy_names,
 )
 
-MODEL_NAMES = ("glnet_stl", "glnet_stl_paramslot", "glnet_4g", "glnet_9g", "glnet_16g")
+MODEL_NAMES = tuple(NAMED_MODELS)  # the published named models, from their one table
 
 __all__ = [
+    "Backbone", "TimmModel", "resolve_backbone", "NAMED_MODELS", "GLNetArgs",
     "GLNet", "GLNetStage", "checkpoint_filter_fn", "convert_official_state_dict", "glnet_from_official_kwargs",
     "WEIGHTS_CHOICES", "Weights", "WeightsError", "load_weights", "read_weights", "DWConvLocal", "WindowMHSALocal", "SlotAttentionGlobal", "PooledSlotInitStrategy",
     "ParamSlotInitStrategy", "SoftClusteringStrategy", "KMeansClusteringStrategy", "ParallelFusion",

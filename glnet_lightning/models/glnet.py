@@ -1,15 +1,18 @@
-"""GLNet: a four-stage backbone of GLMix blocks (NeurIPS 2024), registered with timm.
+"""GLNet: a four-stage backbone of GLMix blocks (NeurIPS 2024), its description, and timm registration.
 
 Usage::
 
     import glnet_lightning, timm
     model = timm.create_model("glnet_stl", num_classes=10, num_slots=49, kernel_size=7)
     model = timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file="glnet_4g.pth"))
+    model = glnet_stl(num_slots=49).build(num_classes=10)   # the same, from the description
 
-Strategies (local/global branch, clustering, slot init, fusion) come from ``strategies.py``;
-``num_slots``, ``kernel_size``, ``window_size``, ``slot_init`` and ``clustering`` are shortcuts
-that change one setting of the configured strategies, per stage when given a list of 4; for a
-branch that is ``none`` they are checked, then ignored.
+``GLNetArgs`` is the description of a GLNet (every value that decides the network), ``NAMED_MODELS``
+the one table of the published models, each made into a description class and a timm entry point of
+the same name. ``GLNet`` itself takes strategy specs from ``strategies.py``; its ``num_slots``,
+``kernel_size``, ``window_size``, ``slot_init`` and ``clustering`` are shortcuts that change one setting
+of the configured strategies, per stage when given a list of 4; for a branch that is ``none`` they are
+checked, then ignored.
 """
 from __future__ import annotations
 

@@ -107,5 +107,5 @@ def test_fit_checkpoint_brings_its_model_and_data_statistics(tiny_runs):
     assert len(loaded.model.glmix_blocks()) == 4
     with pytest.raises(ValueError, match=r"has no EMA weights \(its run trained without ema_decay\).*pass --weights raw"):
         load_model(tiny_runs.late, weights="ema")
-    with pytest.raises(CheckpointError, match="names its own model"):
+    with pytest.raises(CheckpointError, match="records its own model; drop --model"):
         load_model(tiny_runs.late, "glnet_stl")

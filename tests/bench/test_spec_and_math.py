@@ -20,6 +20,17 @@ def test_kwargs_are_typed():
     assert isinstance(spec.kwargs["num_slots"], int)
 
 
+def test_a_comma_inside_brackets_belongs_to_its_value_and_the_spec_builds_that_network():
+    from glnet_lightning.bench.spec import build_model
+
+    spec = parse_model_spec("glnet_stl:depths=[1,1,2,1],dims=[32,64,96,128],local={name: dwconv},num_slots=16")
+    assert spec.kwargs == {"depths": [1, 1, 2, 1], "dims": [32, 64, 96, 128], "local": {"name": "dwconv"},
+                           "num_slots": 16}
+    model = build_model(parse_model_spec("glnet_stl:depths=[1,1,2,1],dims=[32,64,96,128],num_slots=16"), 64, 10)
+    assert [len(s.blocks) for s in model.stages] == [1, 1, 2, 1] and model.head.out_features == 10
+    assert model.stages[0].blocks[0].mixer.global_branch.slot_init.side == 4  # 16 slots: a 4x4 pooled grid
+
+
 @pytest.mark.parametrize("text", [":a=1", "resnet18:oops", "resnet18:=3"])
 def test_bad_specs_raise(text):
     with pytest.raises(BenchError):
