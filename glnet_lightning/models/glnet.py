@@ -221,7 +221,7 @@ class GLNet(nn.Module):
             window_size=window_size, num_slots=num_slots, slot_init=slot_init, clustering=clustering).items()}
 
         self.stem = STEMS[stem](in_chans, dims[0])
-        drop_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # plain numbers, also under torch.device("meta")
         stages, self.feature_info, reduction, cursor = [], [], 4, 0
         self.mixer_configs = []  # GLMixConfig or None per stage (no inline annotation: torch.jit.script warns on it)
         ignored: dict[str, list[int]] = {}  # shortcut -> stages where its branch is 'none'

@@ -197,14 +197,16 @@ def training_settings(hyper_parameters: Mapping[str, Any] | None) -> str:
 
 def _published_fit(state_dict: Mapping[str, torch.Tensor]) -> str | None:
     """The published model whose keys and shapes the state dict has: the stem suggests one, building it
-    confirms (only on the way to an error, so the seconds a large model takes do not matter)."""
+    on the meta device (shapes without weights) confirms."""
     backbone = {k.removeprefix("model."): v for k, v in state_dict.items()}
     name = identify_published_model(backbone)
     if name is None:
         return None
     import timm
 
-    return name if _differences(backbone, timm.create_model(name), strict=False) is None else None
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    return name if _differences(backbone, model, strict=False) is None else None
 
 
 def _differences(state_dict: Mapping[str, Any], model: nn.Module, strict: bool) -> str | None:

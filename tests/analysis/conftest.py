@@ -3,7 +3,6 @@ late checkpoint of one GLMix run, and a local-only run), a small Optuna study, a
 notebook runner that injects parameters papermill-style (a cell after the "parameters" cell)."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,12 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from testkit import tiny_args
+
 matplotlib.use("Agg")  # the library draws on Figure objects; nothing here may need a display
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-
-
-def _cli_tiny_args():
-    """The CLI tests' shrunken Fashion-MNIST arguments (one definition of a tiny run for the repo)."""
-    spec = importlib.util.spec_from_file_location("_cli_conftest", REPO / "tests" / "cli" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.tiny_args
 
 
 @dataclass(frozen=True)
@@ -43,7 +36,6 @@ def _fit(args: list[str]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_runs(fashion_mnist, tmp_path_factory) -> TinyRuns:
-    tiny_args = _cli_tiny_args()
     root = tmp_path_factory.mktemp("analysis_runs")
     runs_dir = root / "runs"
     stl = runs_dir / "stl"
@@ -51,9 +43,7 @@ def tiny_runs(fashion_mnist, tmp_path_factory) -> TinyRuns:
     early = root / "early.ckpt"
     shutil.copy(stl / "checkpoints" / "last.ckpt", early)
     _fit([*tiny_args(stl, train_batches=2, val_batches=1, epochs=2), "--ckpt_path", "last"])
-    local_only = ("--model.backbone={depths: [1, 1, 1, 1], dims: [16, 32, 48, 64], head_dim: 16, "
-                  "stage_mixers: [glmix, glmix, glmix, glmix], global_branch: none, num_slots: null}")
-    _fit([*tiny_args(runs_dir / "local_only", train_batches=2, val_batches=1), local_only])
+    _fit(tiny_args(runs_dir / "local_only", train_batches=2, val_batches=1, global_branch="none", num_slots=None))
     return TinyRuns(runs_dir, early, stl / "checkpoints" / "last.ckpt")
 
 

@@ -8,8 +8,9 @@ import torch
 from glnet_lightning.analysis.assignments import (BlockError, representative_slots, select_blocks,
                                                   slot_assignments)
 from glnet_lightning.lit.slot_maps import global_branches
+from testkit import tiny
 
-TINY = dict(depths=[1, 1, 2, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
+TINY = tiny(depths=[1, 1, 2, 1])  # 5 GLMix blocks
 
 
 def test_existing_blocks_are_kept_and_missing_ones_map_to_lower_middle_upper():

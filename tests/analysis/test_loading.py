@@ -9,6 +9,7 @@ import torch
 from glnet_lightning.analysis.checkpoints import CheckpointError, Preprocess, load_model
 from glnet_lightning.analysis.images import ImageError, load_images, to_batch
 from glnet_lightning.analysis.slot_views import compute_slot_views
+from testkit import tiny, tiny_spec
 
 
 def test_default_photos_and_preprocessing():
@@ -67,16 +68,14 @@ def test_published_reference_checkpoint_via_timm(conformance, tmp_path):
 
 
 def test_own_state_dict_needs_a_model_name(tmp_path):
-    model = timm.create_model("glnet_stl", num_classes=3, depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16,
-                              stage_mixers=["glmix"] * 4, num_slots=4)
+    model = timm.create_model("glnet_stl", num_classes=3, **tiny())
     torch.save(model.state_dict(), tmp_path / "ours.pth")
-    spec = "glnet_stl:depths=[1,1,1,1],dims=[16,32,48,64],head_dim=16,stage_mixers=[glmix,glmix,glmix,glmix],num_slots=4"
-    loaded = load_model(tmp_path / "ours.pth", spec)  # the syntax of glnet bench specs
+    loaded = load_model(tmp_path / "ours.pth", tiny_spec())  # the syntax of glnet bench specs
     assert torch.equal(loaded.model.head.weight, model.head.weight)
     with pytest.raises(CheckpointError, match="no published GLNet; give its model as --model NAME"):
         load_model(tmp_path / "ours.pth")
     with pytest.raises(CheckpointError, match="cannot load .* as glnet_stl"):
-        load_model(tmp_path / "ours.pth", spec.replace("64]", "96]"))
+        load_model(tmp_path / "ours.pth", tiny_spec(dims=[16, 32, 48, 96]))
     with pytest.raises(CheckpointError, match=r"glnet_stl has no setting\(s\) \['num_slotz'\]"):
         load_model(tmp_path / "ours.pth", "glnet_stl:num_slotz=4")
 
@@ -84,7 +83,7 @@ def test_own_state_dict_needs_a_model_name(tmp_path):
 @pytest.mark.parametrize("weights, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
 def test_state_dict_with_model_and_model_ema(tmp_path, weights, kind, caplog):
     """auto is the raw model, as the reference evaluates its published files; the label says EMA."""
-    kwargs = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
+    kwargs = tiny()
     saved = {key: timm.create_model("glnet_stl", num_classes=3, **kwargs).state_dict() for key in ("model", "model_ema")}
     assert not torch.equal(saved["model"]["head.weight"], saved["model_ema"]["head.weight"])
     torch.save(saved, tmp_path / "both.pth")

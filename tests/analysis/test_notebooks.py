@@ -9,8 +9,6 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.mark.parametrize("name", ["analyze_runs.ipynb", "slot_visualization.ipynb"])
 def test_committed_notebooks_have_no_outputs(name):
@@ -22,6 +20,7 @@ def test_committed_notebooks_have_no_outputs(name):
     assert len(tagged) == 1
 
 
+@pytest.mark.slow
 def test_analyze_runs_notebook(tiny_runs, tiny_study, notebooks, tmp_path):
     url, study_name = tiny_study
     parameters = dict(runs_dir=str(tiny_runs.runs_dir), optuna_storage=url, optuna_study=study_name)
@@ -33,6 +32,7 @@ def test_analyze_runs_notebook(tiny_runs, tiny_study, notebooks, tmp_path):
     assert len(notebooks.images(notebook)) == 6
 
 
+@pytest.mark.slow
 def test_slot_visualization_notebook(tiny_runs, notebooks, tmp_path):
     parameters = dict(checkpoint=str(tiny_runs.late), early_checkpoint=str(tiny_runs.early),
                       images=["skimage:chelsea", "skimage:coffee"], image_size=48)

@@ -6,6 +6,7 @@ from PIL import Image
 
 from glnet_lightning.analysis.viz_cli import main
 from glnet_lightning.cli.main import main as glnet_main
+from testkit import tiny, tiny_spec
 
 
 def test_help_lists_the_options(capsys):
@@ -52,6 +53,7 @@ def test_writes_slot_figures_and_comparison(tiny_runs, tmp_path, capsys):
                                                                 out / "chelsea_early_vs_late.png"]]
 
 
+@pytest.mark.slow
 def test_published_checkpoint_is_recognised_without_a_model_name(conformance, tmp_path, capsys):
     """A file with the published GLNet-STL keys and shapes (random values) gives figures of blocks 2, 5, 10."""
     import json
@@ -76,12 +78,9 @@ def test_weights_of_a_file_with_model_and_model_ema(tmp_path, caplog, capsys, we
     import timm
     import torch
 
-    kwargs = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
-    torch.save({key: timm.create_model("glnet_stl", num_classes=3, **kwargs).state_dict()
+    torch.save({key: timm.create_model("glnet_stl", num_classes=3, **tiny()).state_dict()
                 for key in ("model", "model_ema")}, tmp_path / "both.pth")
-    args = [str(tmp_path / "both.pth"), "--model",
-            "glnet_stl:depths=[1,1,1,1],dims=[16,32,48,64],head_dim=16,stage_mixers=[glmix,glmix,glmix,glmix],num_slots=4",
-            "--images", "skimage:coffee", "--blocks", "1", "--size", "32",
+    args = [str(tmp_path / "both.pth"), "--model", tiny_spec(), "--images", "skimage:coffee", "--blocks", "1", "--size", "32",
             "--out", str(tmp_path / "figures"), "--weights", weights]
     with caplog.at_level("INFO"):
         assert main(args) == 0, capsys.readouterr().err
@@ -94,8 +93,7 @@ def test_ema_of_a_file_without_it_is_one_line(tmp_path, capsys):
     import timm
     import torch
 
-    torch.save(timm.create_model("glnet_stl", num_classes=3, depths=[1, 1, 1, 1], dims=[16, 32, 48, 64],
-                                 head_dim=16, num_slots=4).state_dict(), tmp_path / "plain.pth")
+    torch.save(timm.create_model("glnet_stl", num_classes=3, **tiny()).state_dict(), tmp_path / "plain.pth")
     assert main([str(tmp_path / "plain.pth"), "--model", "glnet_stl", "--weights", "ema"]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'plain.pth'} has no EMA weights: it has the raw weights (a plain state dict); pass " \

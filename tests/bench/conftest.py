@@ -21,6 +21,6 @@ def run_bench():
 
 
 @pytest.fixture(scope="session")
-def tiny_args():
+def fast_args():
     """Batch 2, one warm-up, two repeats, a small GEMM reference: seconds, not minutes."""
     return ["--batch-size", "2", "--warmup", "1", "--repeats", "2", "--gemm-size", "256"]

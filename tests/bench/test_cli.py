@@ -10,9 +10,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory, run_bench, tiny_args):
+def two_models(tmp_path_factory, run_bench, fast_args):
     path = tmp_path_factory.mktemp("bench") / "out.json"
-    code, out, err = run_bench([*MODELS, "--img-size", "32", "64", *tiny_args, "--threads", "1", "--json", str(path)])
+    code, out, err = run_bench([*MODELS, "--img-size", "32", "64", *fast_args, "--threads", "1", "--json", str(path)])
     assert code == 0, err
     return json.loads(path.read_text()), out
 
@@ -72,10 +72,10 @@ def test_table_is_printed(two_models):
     assert all(model in out for model in MODELS)
 
 
-def test_train_mode_counts_backward_macs(tmp_path, run_bench, tiny_args):
+def test_train_mode_counts_backward_macs(tmp_path, run_bench, fast_args):
     path = tmp_path / "train.json"
     code, _, err = run_bench(["resnet10t", "--mode", "train", "--img-size", "32", "--no-memory",
-                              "--num-classes", "10", *tiny_args, "--json", str(path)])
+                              "--num-classes", "10", *fast_args, "--json", str(path)])
     assert code == 0, err
     row = json.loads(path.read_text())["results"][0]
     assert row["step_macs"] > 2 * row["macs"]
@@ -94,29 +94,34 @@ def test_every_result_names_the_cpu_and_its_kernel_flags(two_models):
 
 
 @pytest.mark.parametrize("conv, dtype", [("float32", "float32"), ("autocast", "bfloat16")])
-def test_bf16_run_says_which_conv_path_ran(conv, dtype, run_bench, tiny_args, tmp_path):
+def test_bf16_run_says_which_conv_path_ran(conv, dtype, run_bench, fast_args, tmp_path):
     path = tmp_path / "out.json"
-    code, out, err = run_bench(["glnet_stl", "--img-size", "32", *tiny_args,
+    code, out, err = run_bench(["glnet_stl", "--img-size", "32", *fast_args,
                                 "--precision", "bf16", "--conv-precision", conv, "--no-memory", "--json", str(path)])
     assert code == 0, err
     expected = f"convs: {dtype} (forced: --conv-precision {conv})"
     assert expected in out and json.loads(path.read_text())["machine"]["conv_path"] == expected.split(": ", 1)[1]
 
 
-@pytest.mark.parametrize("mode", ["infer", "train"])
-def test_compiled_run_reports_compile_time_apart_from_speed(mode, run_bench, tiny_args, tmp_path):
-    path = tmp_path / "out.json"
-    code, out, err = run_bench(["resnet10t", "--img-size", "32", *tiny_args, "--mode", mode, "--compile",
-                                "--no-memory", "--json", str(path)])
-    assert code == 0, err
-    (row,) = json.loads(path.read_text())["results"]
+def check_compiled_run(json_path, out, err, mode: str, settings: str = "mode=default"):
+    """The compile time is reported apart from the steady-state speed, and the speed-up over eager."""
+    (row,) = json.loads(json_path.read_text())["results"]
     assert row["compile_seconds"] > 0 and row["eager"]["median"] > 0 and row["throughput"]["median"] > 0
     assert math.isclose(row["compile_speedup"], row["throughput"]["median"] / row["eager"]["median"])
-    assert "compile s" in out and f"compiling resnet10t at 32px ({mode}, mode=default)" in err
+    assert "compile s" in out and f"compiling resnet10t at 32px ({mode}, {settings})" in err
 
 
-def test_freezing_compiles_frozen_inference_graphs_and_leaves_inductor_as_found(run_bench, tiny_args, tmp_path):
-    """--freezing must reach inductor (its freezing pass runs) for this run only."""
+def test_compiled_training_reports_compile_time_apart_from_speed(run_bench, fast_args, tmp_path):
+    code, out, err = run_bench(["resnet10t", "--img-size", "32", *fast_args, "--mode", "train", "--compile",
+                                "--no-memory", "--json", str(tmp_path / "out.json")])
+    assert code == 0, err
+    check_compiled_run(tmp_path / "out.json", out, err, "train")
+
+
+def test_compiled_inference_with_freezing_reports_compile_time_and_leaves_inductor_as_found(run_bench, fast_args,
+                                                                                              tmp_path):
+    """One compiled inference run (each costs a cold inductor compile) for both: compile time apart from speed,
+    as for training above, and --freezing reaching inductor (its freezing pass runs) for this run only."""
     import logging
 
     from torch._inductor import config as inductor_config
@@ -134,12 +139,13 @@ def test_freezing_compiles_frozen_inference_graphs_and_leaves_inductor_as_found(
     freezing_log.addHandler(records)
     freezing_log.setLevel(logging.DEBUG)
     try:
-        code, out, err = run_bench(["resnet10t", "--img-size", "32", *tiny_args, "--compile", "--freezing",
+        code, out, err = run_bench(["resnet10t", "--img-size", "32", *fast_args, "--compile", "--freezing",
                                     "--no-memory", "--json", str(tmp_path / "out.json")])
     finally:
         freezing_log.removeHandler(records)
         freezing_log.setLevel(previous_level)
     assert code == 0, err
+    check_compiled_run(tmp_path / "out.json", out, err, "infer", "mode=default, freezing")
     assert any("FROZEN GRAPH" in message for message in records.messages)
-    assert "inductor freezing" in out and "(infer, mode=default, freezing)" in err
+    assert "inductor freezing" in out
     assert inductor_config.freezing is False

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 
-def test_unknown_model_suggests_close_names(run_bench, tiny_args):
-    code, _, err = run_bench(["resnet19", "--no-memory", *tiny_args])
+def test_unknown_model_suggests_close_names(run_bench, fast_args):
+    code, _, err = run_bench(["resnet19", "--no-memory", *fast_args])
     assert code != 0
     assert "unknown model 'resnet19'" in err and "resnet18" in err
 

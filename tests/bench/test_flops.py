@@ -65,3 +65,24 @@ def test_default_input_is_imagenet_sized():
     conv = nn.Conv2d(3, 1, kernel_size=1, bias=False)
     assert count_macs(conv) == 224 * 224 * 3
     assert isinstance(count_macs(conv), int)
+
+
+def test_meta_device_counts_what_the_cpu_counts():
+    """Full-size networks are counted on the meta device (tests/sweeps/test_ablation.py): shapes only, the same
+    params and MACs as real tensors, attention (the CPU flash kernel's formula), k-means and windows included."""
+    import timm
+    import torch
+
+    import glnet_lightning  # noqa: F401  (registers the models)
+    from testkit import tiny, tiny_named
+
+    for name, settings in [("glnet_stl", tiny(stage_mixers=["glmix", "glmix", "glmix", "mha"])),
+                           ("glnet_stl", tiny(clustering="kmeans", fusion="local_global", slot_init="param")),
+                           ("glnet_stl", tiny(local="window_mhsa", window_size=7)),
+                           ("glnet_4g", tiny_named(depths=[1, 1, 2, 1]))]:
+        cpu = timm.create_model(name, **settings)
+        with torch.device("meta"):
+            meta = timm.create_model(name, **settings)
+        assert next(meta.parameters()).is_meta
+        assert count_params(meta) == count_params(cpu)
+        assert count_macs(meta, (3, 64, 64)) == count_macs(cpu, (3, 64, 64)) > 0, (name, settings)

@@ -6,6 +6,7 @@ import pytest
 from glnet_lightning.bench.errors import BenchError
 from glnet_lightning.bench.runner import log_log_slope
 from glnet_lightning.bench.spec import parse_model_spec
+from testkit import tiny, tiny_spec
 
 
 def test_plain_name_has_no_kwargs():
@@ -23,10 +24,10 @@ def test_kwargs_are_typed():
 def test_a_comma_inside_brackets_belongs_to_its_value_and_the_spec_builds_that_network():
     from glnet_lightning.bench.spec import build_model
 
-    spec = parse_model_spec("glnet_stl:depths=[1,1,2,1],dims=[32,64,96,128],local={name: dwconv},num_slots=16")
-    assert spec.kwargs == {"depths": [1, 1, 2, 1], "dims": [32, 64, 96, 128], "local": {"name": "dwconv"},
-                           "num_slots": 16}
-    model = build_model(parse_model_spec("glnet_stl:depths=[1,1,2,1],dims=[32,64,96,128],num_slots=16"), 64, 10)
+    text = tiny_spec(depths=[1, 1, 2, 1], num_slots=16)  # glnet_stl:depths=[1,1,2,1],dims=[16,32,48,64],...
+    spec = parse_model_spec(text + ",local={name: dwconv}")
+    assert spec.kwargs == {**tiny(depths=[1, 1, 2, 1], num_slots=16), "local": {"name": "dwconv"}}
+    model = build_model(parse_model_spec(text), 64, 10)
     assert [len(s.blocks) for s in model.stages] == [1, 1, 2, 1] and model.head.out_features == 10
     assert model.stages[0].blocks[0].mixer.global_branch.slot_init.side == 4  # 16 slots: a 4x4 pooled grid
 

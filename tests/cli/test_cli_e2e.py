@@ -1,12 +1,9 @@
 """End to end through the console scripts on the real Fashion-MNIST config, shrunk to seconds:
 fit writes checkpoints + TensorBoard events, validate reproduces the logged metric, predict writes
-probabilities, a SIGKILLed run resumes from ``last``, and 2-process DDP on CPU (gloo) agrees."""
+probabilities, and 2-process DDP on CPU (gloo) agrees. (A killed run resumed from ``last``:
+tests/reliability/test_faults.py and tests/e2e/test_exact_resume.py.)"""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 import warnings
 
 import pytest
@@ -15,14 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from glnet_lightning.cli.lightning_cli import GLNetCLI
 from glnet_lightning.lit import GLNetModule
+from testkit import run_script, scalars, tiny_args
 
 pytestmark = pytest.mark.slow
-
-
-def scalars(run_dir, tag: str) -> list[tuple[int, float]]:
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 def in_process(args: list[str]) -> GLNetCLI:
@@ -31,7 +23,7 @@ def in_process(args: list[str]) -> GLNetCLI:
         return GLNetCLI(args=args)
 
 
-def test_fit_then_validate_and_predict(fashion_mnist, run_script, tiny_args, tmp_path):
+def test_fit_then_validate_and_predict(fashion_mnist, tmp_path):
     run = tmp_path / "run"
     result = run_script("lightning", ["fit", *tiny_args(run, test_after_fit=True)])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,53 +55,11 @@ def test_fit_then_validate_and_predict(fashion_mnist, run_script, tiny_args, tmp
     assert torch.allclose(predictions["probs"].sum(1), torch.ones(64), atol=1e-5)
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early with {proc.returncode}: {proc.stderr.read()[-3000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the run")
-        time.sleep(0.2)
-
-
-def test_sigkill_mid_epoch_then_resume_from_last(fashion_mnist, console, subprocess_env, tiny_args, tmp_path):
-    run = tmp_path / "run"
-    args = [*tiny_args(run, train_batches=12, val_batches=1, epochs=2),
-            "--trainer.callbacks+=run_probe.MarkProgress", "--model.ema_decay=0.9"]
-    proc = subprocess.Popen(console("glnet") + ["fit", *args], env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    last, progress = run / "checkpoints" / "last.ckpt", run / "progress.txt"
-    try:
-        # wait until epoch 0 is checkpointed and epoch 1 is well under way, then kill without warning
-        _wait_for(lambda: last.exists() and progress.exists() and int(progress.read_text() or 0) >= 15, 240, proc)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-
-    ckpt = torch.load(last, weights_only=False, map_location="cpu")  # readable, from the end of epoch 0
-    assert ckpt["global_step"] == 12 and ckpt["epoch"] == 0 and "ema_state_dict" in ckpt
-    assert not [p for p in last.parent.iterdir() if p.name.endswith(".tmp")]
-
-    result = subprocess.run(console("glnet") + ["fit", *args, "--ckpt_path", "last"], env=subprocess_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    starts = [int(s) for s in (run / "start-steps.txt").read_text().split()]
-    assert starts == [0, 12]  # the resumed run continued from the checkpoint's step
-    final = torch.load(last, weights_only=False, map_location="cpu")
-    assert final["global_step"] == 24 and final["epoch"] == 1
-    assert [step for step, _ in scalars(run, "val/acc1")] == [11, 23]
-
-
-def test_ddp_two_processes_on_cpu(fashion_mnist, run_script, tiny_args, tmp_path):
+def test_ddp_two_processes_on_cpu(fashion_mnist, tmp_path):
     run = tmp_path / "run"
     result = run_script("glnet", ["fit", *tiny_args(run, train_batches=3, val_batches=1),
                                   "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-                                  "--trainer.callbacks+=run_probe.RecordBatches", "--model.ema_decay=0.9"],
+                                  "--trainer.callbacks+=testkit.probes.RecordBatches", "--model.ema_decay=0.9"],
                         timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(run / "seen-rank0.pt")

@@ -1,6 +1,6 @@
 """ImageNetDataModule on a tiny generated folder tree of real JPEG files (some of them broken).
 
-The tree and its helpers are fixtures in conftest.py (shared with test_streaming.py)."""
+The tree is the ``broken_tree`` fixture of testkit.plugin (shared with test_streaming.py)."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +18,7 @@ from torchdata.stateful_dataloader.sampler import RandomSampler as StatefulRando
 from glnet_lightning.data import DatasetLayoutError, ImageNetDataModule, UnreadableImageError, validate_layout
 from glnet_lightning.data.image_dataset import load_rgb
 from glnet_lightning.data.samplers import RepeatAugDistributedSampler
+from testkit import BAD_FILES, BROKEN_TREE_CLASSES, save_jpeg
 
 def _module(root: Path, **kwargs) -> ImageNetDataModule:
     kwargs = {"image_size": 32, "batch_size": 4, "num_workers": 0, **kwargs}
@@ -30,33 +31,33 @@ def _index_of(dataset, relative: str) -> int:
 
 
 # -- layout and decoding ---------------------------------------------------------------------------
-def test_layout_lists_classes_and_images(tree, tree_classes):
-    layout = validate_layout(tree)
-    assert layout.classes == tree_classes
+def test_layout_lists_classes_and_images(broken_tree):
+    layout = validate_layout(broken_tree)
+    assert layout.classes == BROKEN_TREE_CLASSES
     assert len(layout.train) == 11 and len(layout.val) == 6
     assert layout.train.targets.tolist() == [0] * 4 + [1] * 4 + [2] * 3
     assert not any(p.endswith(b".txt") for p in layout.train.paths)
 
 
 @pytest.mark.parametrize("name", ["fox_gray.JPEG", "fox_cmyk.JPEG"])
-def test_grayscale_and_cmyk_are_converted_to_rgb(tree, name):
-    path = tree / "train" / "fox" / name
+def test_grayscale_and_cmyk_are_converted_to_rgb(broken_tree, name):
+    path = broken_tree / "train" / "fox" / name
     assert Image.open(path).mode in ("L", "CMYK")
     image = load_rgb(str(path))
     assert image.mode == "RGB" and image.size == (48, 40)
 
 
-def test_load_rgb_names_the_bad_file(tree, bad_files):
-    for relative in bad_files:
+def test_load_rgb_names_the_bad_file(broken_tree):
+    for relative in BAD_FILES:
         with pytest.raises(UnreadableImageError, match=Path(relative).name):
-            load_rgb(str(tree / relative))
+            load_rgb(str(broken_tree / relative))
 
 
 # -- data module -----------------------------------------------------------------------------------
-def test_train_and_val_batches_have_the_right_shape(tree, tree_classes):
-    dm = _module(tree)
+def test_train_and_val_batches_have_the_right_shape(broken_tree):
+    dm = _module(broken_tree)
     dm.setup("fit")
-    assert dm.num_classes == 3 and dm.class_names == tree_classes
+    assert dm.num_classes == 3 and dm.class_names == BROKEN_TREE_CLASSES
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
     assert y.dtype == torch.int64 and 0 <= int(y.min()) and int(y.max()) < 3
@@ -65,15 +66,15 @@ def test_train_and_val_batches_have_the_right_shape(tree, tree_classes):
     assert torch.cat(ys).tolist() == [0, 0, 1, 1, 2, 2]
 
 
-def test_val_set_serves_test_and_predict(tree):
-    dm = _module(tree)
+def test_val_set_serves_test_and_predict(broken_tree):
+    dm = _module(broken_tree)
     dm.setup("test")
     assert dm.train_set is None
     assert dm.test_dataloader().dataset is dm.val_set is dm.predict_dataloader().dataset
 
 
-def test_skip_replaces_and_counts_bad_images(tree, bad_files, caplog):
-    dm = _module(tree, on_bad_image="skip")
+def test_skip_replaces_and_counts_bad_images(broken_tree, caplog):
+    dm = _module(broken_tree, on_bad_image="skip")
     dm.setup("fit")
     dataset = dm.train_set
     with caplog.at_level(logging.WARNING, logger="glnet_lightning.data"):
@@ -82,7 +83,7 @@ def test_skip_replaces_and_counts_bad_images(tree, bad_files, caplog):
     assert all(x.shape == (3, 32, 32) for x, _ in items + again)
     assert dataset.num_bad_images == 2
     assert [Path(p).name for p in dataset.bad_images] == ["cat_bad.JPEG", "dog_truncated.JPEG"]
-    bad_index = _index_of(dataset, bad_files[0])
+    bad_index = _index_of(dataset, BAD_FILES[0])
     assert items[bad_index][1] == int(dataset.samples.targets[bad_index + 1])  # replaced by the next file
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
@@ -91,18 +92,18 @@ def test_skip_replaces_and_counts_bad_images(tree, bad_files, caplog):
     assert dm.bad_image_counts() == {"train": 2, "val": 0}
 
 
-def test_skip_count_is_shared_with_worker_processes(tree):
-    dm = _module(tree, num_workers=1, batch_size=11, auto_augment=None, re_prob=0.0)
+def test_skip_count_is_shared_with_worker_processes(broken_tree):
+    dm = _module(broken_tree, num_workers=1, batch_size=11, auto_augment=None, re_prob=0.0)
     dm.setup("fit")
     batches = list(dm.train_dataloader())
     assert len(batches) == 1 and batches[0][0].shape == (11, 3, 32, 32)
     assert dm.train_set.num_bad_images == 2
 
 
-def test_raise_names_the_file(tree, bad_files):
-    dm = _module(tree, on_bad_image="raise", batch_size=11)  # one batch holds every file
+def test_raise_names_the_file(broken_tree):
+    dm = _module(broken_tree, on_bad_image="raise", batch_size=11)  # one batch holds every file
     dm.setup("fit")
-    for relative in bad_files:
+    for relative in BAD_FILES:
         with pytest.raises(UnreadableImageError, match=Path(relative).name):
             dm.train_set[_index_of(dm.train_set, relative)]
     with pytest.raises(UnreadableImageError, match=r"cannot read image file .*(cat_bad|dog_truncated)\.JPEG"):
@@ -141,15 +142,15 @@ def test_randaugment_survives_zero_bit_posterize():
 
 
 # -- samplers --------------------------------------------------------------------------------------
-def test_single_process_uses_a_shuffled_loader_that_saves_its_position(tree):
-    dm = _module(tree)
+def test_single_process_uses_a_shuffled_loader_that_saves_its_position(broken_tree):
+    dm = _module(broken_tree)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader, StatefulDataLoader) and isinstance(loader.sampler, StatefulRandomSampler)
 
 
-def test_ddp_uses_repeated_augmentation_sampler(tree):
-    dm = _module(tree)
+def test_ddp_uses_repeated_augmentation_sampler(broken_tree):
+    dm = _module(broken_tree)
     dm.trainer = SimpleNamespace(world_size=2, global_rank=1)
     dm.setup("fit")
     sampler = dm.train_dataloader().sampler
@@ -165,7 +166,7 @@ def test_ddp_uses_repeated_augmentation_sampler(tree):
     chosen = set(per_rank[0]) | set(per_rank[1])
     assert len(chosen) == 4 and set(per_rank[0]) == set(per_rank[1])
 
-    dm_plain = _module(tree, repeated_aug=False)
+    dm_plain = _module(broken_tree, repeated_aug=False)
     dm_plain.trainer = SimpleNamespace(world_size=2, global_rank=0)
     dm_plain.setup("fit")
     assert isinstance(dm_plain.train_dataloader().sampler, StatefulRandomSampler)  # Lightning injects its own
@@ -173,7 +174,7 @@ def test_ddp_uses_repeated_augmentation_sampler(tree):
 
 # -- layout errors ---------------------------------------------------------------------------------
 @pytest.fixture
-def tiny_tree(save_jpeg):
+def tiny_tree():
     """``tiny_tree(root, train_classes, val_classes)``: one 8x8 JPEG per class folder."""
 
     def make(root: Path, train: list[str], val: list[str]) -> Path:
@@ -202,7 +203,7 @@ def test_missing_split_folder(tmp_path, split, tiny_tree):
         validate_layout(root)
 
 
-def test_no_class_folders(tmp_path, tiny_tree, save_jpeg):
+def test_no_class_folders(tmp_path, tiny_tree):
     root = tiny_tree(tmp_path, [], ["a"])
     save_jpeg(root / "train" / "loose.jpg", size=(8, 8))
     with pytest.raises(DatasetLayoutError, match=r"no class folders in .*train"):

@@ -1,4 +1,4 @@
-"""Streaming path: ``glnet data prepare`` shards of the tiny JPEG tree (conftest.py) read back by
+"""Streaming path: ``glnet data prepare`` shards of the tiny JPEG tree (the ``broken_tree`` fixture) read back by
 ImageNetDataModule(streaming=...), compared with the folder path on the same tree."""
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from glnet_lightning.data.image_dataset import ImageFolderDataset  # noqa: E402
 from glnet_lightning.data.image_folder import validate_layout  # noqa: E402
 from glnet_lightning.data.prepare_cli import main as prepare_main, parse_size  # noqa: E402
 from glnet_lightning.data.streaming import StreamingImageDataset, decode_rgb, read_meta  # noqa: E402
+from testkit import BAD_FILES, BROKEN_TREE_CLASSES, save_jpeg
 
 SMALL = {"image_size": 32, "batch_size": 4, "num_workers": 0}
 
@@ -30,15 +31,15 @@ def _prepare(root: Path, output: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def shards(tree, tmp_path_factory) -> Path:
+def shards(broken_tree, tmp_path_factory) -> Path:
     """Both splits of the tree written by the command, with two writer processes."""
     output = tmp_path_factory.mktemp("shards") / "imagenet"
-    assert _prepare(tree, output, "--workers", "2", "--chunk-bytes", "20KB") == 0
+    assert _prepare(broken_tree, output, "--workers", "2", "--chunk-bytes", "20KB") == 0
     return output
 
 
-def _both(tree: Path, shards: Path, **kwargs) -> tuple[ImageNetDataModule, ImageNetDataModule]:
-    folder = ImageNetDataModule(str(tree), **{**SMALL, **kwargs})
+def _both(broken_tree: Path, shards: Path, **kwargs) -> tuple[ImageNetDataModule, ImageNetDataModule]:
+    folder = ImageNetDataModule(str(broken_tree), **{**SMALL, **kwargs})
     stream = ImageNetDataModule(streaming=str(shards), **{**SMALL, **kwargs})
     return folder, stream
 
@@ -49,28 +50,28 @@ def _stack(loader) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # -- what prepare writes ---------------------------------------------------------------------------
-def test_shards_hold_the_encoded_files_labels_and_class_list(tree, shards, tree_classes, bad_files):
+def test_shards_hold_the_encoded_files_labels_and_class_list(broken_tree, shards):
     meta = read_meta(str(shards))
-    assert meta["classes"] == tree_classes == validate_layout(tree).classes
+    assert meta["classes"] == BROKEN_TREE_CLASSES == validate_layout(broken_tree).classes
     assert meta["splits"]["train"]["num_samples"] == 9 and meta["splits"]["val"]["num_samples"] == 6
     assert meta["splits"]["train"]["num_bad_images"] == 2 and meta["splits"]["val"]["num_bad_images"] == 0
-    assert sorted(meta["splits"]["train"]["bad_images"]) == sorted(str(tree / f) for f in bad_files)
+    assert sorted(meta["splits"]["train"]["bad_images"]) == sorted(str(broken_tree / f) for f in BAD_FILES)
     assert len(list((shards / "train").glob("*.bin"))) > 1  # 20KB chunks: several files
-    layout = validate_layout(tree)
+    layout = validate_layout(broken_tree)
     for split in ("train", "val"):
         raw = litdata.StreamingDataset(str(shards / split))
         samples = [raw[i] for i in range(len(raw))]
         expected = [layout_sample for layout_sample in getattr(layout, split)
-                    if not any(layout_sample[0].endswith(f.split("/", 1)[1]) for f in bad_files)]
+                    if not any(layout_sample[0].endswith(f.split("/", 1)[1]) for f in BAD_FILES)]
         # folder order, the unreadable files left out; the bytes are the files' own, not decoded pixels
-        assert [bytes(s["path"]).decode() for s in samples] == [str(Path(p).relative_to(tree / split))
+        assert [bytes(s["path"]).decode() for s in samples] == [str(Path(p).relative_to(broken_tree / split))
                                                                  for p, _ in expected]
         assert [int(s["label"]) for s in samples] == [label for _, label in expected]
         assert all(bytes(s["image"]) == Path(p).read_bytes() for s, (p, _) in zip(samples, expected))
 
 
-def test_prepare_prints_progress_and_the_skipped_files(tree, tmp_path, capfd):
-    assert prepare_main(["--root", str(tree), "--output", str(tmp_path / "out"), "--splits", "train",
+def test_prepare_prints_progress_and_the_skipped_files(broken_tree, tmp_path, capfd):
+    assert prepare_main(["--root", str(broken_tree), "--output", str(tmp_path / "out"), "--splits", "train",
                          "--workers", "1"]) == 0
     out = capfd.readouterr().out  # fd level: the skip lines come from litdata's worker process
     assert "3 classes; train 11 images" in out
@@ -80,8 +81,8 @@ def test_prepare_prints_progress_and_the_skipped_files(tree, tmp_path, capfd):
 
 
 # -- the data module: same samples as the folder path ---------------------------------------------
-def test_streaming_matches_the_folder_path_under_eval_transforms(tree, shards):
-    folder, stream = _both(tree, shards)
+def test_streaming_matches_the_folder_path_under_eval_transforms(broken_tree, shards):
+    folder, stream = _both(broken_tree, shards)
     folder.setup("validate")
     stream.setup("validate")
     assert stream.class_names == folder.class_names and stream.num_classes == folder.num_classes == 3
@@ -92,7 +93,7 @@ def test_streaming_matches_the_folder_path_under_eval_transforms(tree, shards):
 
     # train split (grayscale and CMYK files included) under the eval transform: same tensors, same labels
     transform = folder.eval_transform()
-    folder_train = ImageFolderDataset(validate_layout(tree).train, folder.class_names, transform)
+    folder_train = ImageFolderDataset(validate_layout(broken_tree).train, folder.class_names, transform)
     readable = [folder_train[i] for i in range(len(folder_train))
                 if not Path(folder_train.samples.path(i)).name.startswith(("cat_bad", "dog_truncated"))]
     streamed = list(StreamingImageDataset(str(shards / "train"), image_transform=transform))
@@ -123,7 +124,7 @@ def test_shuffle_differs_per_epoch(shards):
     assert orders[0] != orders[1] and in_order not in orders
 
 
-def test_worker_processes_split_the_stream(tree, shards):
+def test_worker_processes_split_the_stream(broken_tree, shards):
     # persistent litdata workers take torch's 5 s join timeout each to shut down: not worth it in a test
     stream = ImageNetDataModule(streaming=str(shards), **{**SMALL, "num_workers": 2, "batch_size": 2},
                                 persistent_workers=False)
@@ -132,14 +133,14 @@ def test_worker_processes_split_the_stream(tree, shards):
     assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]  # every sample once across the two workers
 
 
-def test_bad_image_counts_match_the_folder_path(tree, shards, bad_files):
-    folder, stream = _both(tree, shards)
+def test_bad_image_counts_match_the_folder_path(broken_tree, shards):
+    folder, stream = _both(broken_tree, shards)
     folder.setup("fit")
     stream.setup("fit")
     for i in range(len(folder.train_set)):
         folder.train_set[i]
     assert stream.bad_image_counts() == folder.bad_image_counts() == {"train": 2, "val": 0}
-    assert sorted(Path(p).name for p in stream.train_set.bad_images) == sorted(Path(f).name for f in bad_files)
+    assert sorted(Path(p).name for p in stream.train_set.bad_images) == sorted(Path(f).name for f in BAD_FILES)
 
 
 def test_lightning_fit_and_validate_on_shards(shards, tmp_path):
@@ -196,19 +197,19 @@ def test_missing_shards_name_the_location(tmp_path):
         ImageNetDataModule(streaming=str(tmp_path / "empty"), **SMALL).setup("fit")
 
 
-def test_one_split_then_the_other(tree, tmp_path):
+def test_one_split_then_the_other(broken_tree, tmp_path):
     out = tmp_path / "out"
-    assert _prepare(tree, out, "--splits", "val", "--workers", "1") == 0
+    assert _prepare(broken_tree, out, "--splits", "val", "--workers", "1") == 0
     dm = ImageNetDataModule(streaming=str(out), **SMALL)
     dm.setup("validate")  # val is enough for validate
     with pytest.raises(FileNotFoundError, match=r"no 'train' shards: run 'glnet data prepare --splits train'"):
         ImageNetDataModule(streaming=str(out), **SMALL).setup("fit")
-    assert _prepare(tree, out, "--splits", "train", "--workers", "1") == 0
+    assert _prepare(broken_tree, out, "--splits", "train", "--workers", "1") == 0
     assert set(read_meta(str(out))["splits"]) == {"train", "val"}  # the val entry was kept
 
 
-def test_raise_policy_names_the_file(tree, tmp_path, capsys):
-    code = _prepare(tree, tmp_path / "out", "--splits", "train", "--workers", "1", "--on-bad-image", "raise")
+def test_raise_policy_names_the_file(broken_tree, tmp_path, capsys):
+    code = _prepare(broken_tree, tmp_path / "out", "--splits", "train", "--workers", "1", "--on-bad-image", "raise")
     err = capsys.readouterr().err
     assert code == 2
     assert "glnet data prepare: error: cannot read image file" in err and "cat_bad.JPEG" in err
@@ -235,21 +236,21 @@ def test_cli_missing_root(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_bad_layout(tmp_path, capsys, save_jpeg):
+def test_cli_bad_layout(tmp_path, capsys):
     save_jpeg(tmp_path / "root" / "train" / "a" / "a.jpg", size=(8, 8))
     assert _prepare(tmp_path / "root", tmp_path / "out") == 2
     assert "missing 'val/' folder" in capsys.readouterr().err
 
 
-def test_cli_refuses_to_overwrite_shards(tree, shards, capsys):
-    assert _prepare(tree, shards) == 2
+def test_cli_refuses_to_overwrite_shards(broken_tree, shards, capsys):
+    assert _prepare(broken_tree, shards) == 2
     err = capsys.readouterr().err
     assert f"{shards / 'train'}, {shards / 'val'} already hold(s) shards; pass --overwrite" in err
 
 
 @pytest.mark.parametrize("bad", ["--workers=0", "--chunk-bytes=64XB", "--splits=test"])
-def test_cli_usage_errors(tree, tmp_path, bad, capsys):
-    assert _prepare(tree, tmp_path / "out", bad) == 2
+def test_cli_usage_errors(broken_tree, tmp_path, bad, capsys):
+    assert _prepare(broken_tree, tmp_path / "out", bad) == 2
     assert "error:" in capsys.readouterr().err
 
 
@@ -257,13 +258,13 @@ def test_parse_size():
     assert parse_size("64MB") == 64_000_000 and parse_size("500k") == 500_000 and parse_size("1e6") == 10**6
 
 
-def test_missing_litdata_says_how_to_install(monkeypatch, capsys, tree, tmp_path):
+def test_missing_litdata_says_how_to_install(monkeypatch, capsys, broken_tree, tmp_path):
     monkeypatch.setitem(sys.modules, "litdata", None)  # import litdata -> ImportError
     monkeypatch.delitem(sys.modules, "glnet_lightning.data.streaming")
     monkeypatch.delattr(data_pkg, "streaming")
     with pytest.raises(ImportError, match=r"pip install glnet-lightning\[streaming\]") as info:
         ImageNetDataModule(streaming="s3://bucket/imagenet")
     assert isinstance(info.value, ValueError)  # what `glnet fit` turns into one error line
-    ImageNetDataModule(str(tree))  # the folder path does not need litdata
-    assert _prepare(tree, tmp_path / "out") == 2
+    ImageNetDataModule(str(broken_tree))  # the folder path does not need litdata
+    assert _prepare(broken_tree, tmp_path / "out") == 2
     assert "pip install glnet-lightning[streaming]" in capsys.readouterr().err

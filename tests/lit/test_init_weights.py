@@ -14,6 +14,8 @@ from glnet_lightning.models import convert_official_state_dict, glnet_from_offic
 from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.glnet import glnet_stl
 from glnet_lightning.models.weights import WeightsError, read_weights
+from testkit import tiny
+from testkit.data import RandomImages, make_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 # the conformance fixtures' architecture (tests/models/test_conformance.py builds it from the reference arguments)
@@ -73,7 +75,8 @@ def test_other_num_classes_reinitialises_the_head_and_logs_it(reference, caplog)
     assert (stages[-1] - fixture["stage_outputs"][-1]).abs().max() <= 1e-4 * fixture["stage_outputs"][-1].abs().max()
 
 
-def test_validate_evaluates_the_init_weights(reference, tmp_path, data, make_trainer):
+def test_validate_evaluates_the_init_weights(reference, tmp_path):
+    data = RandomImages()
     path, fixture = reference
     module = make_module(path)
     metrics = make_trainer(tmp_path, limit_val_batches=2).validate(module, datamodule=data, verbose=False)[0]
@@ -87,7 +90,9 @@ def test_validate_evaluates_the_init_weights(reference, tmp_path, data, make_tra
     assert metrics["val/acc1"] == pytest.approx(hits.float().mean().item())
 
 
-def test_fine_tuned_checkpoint_reloads_and_resumes_without_the_init_file(reference, tmp_path, data, make_trainer):
+@pytest.mark.slow
+def test_fine_tuned_checkpoint_reloads_and_resumes_without_the_init_file(reference, tmp_path):
+    data = RandomImages()
     path, fixture = reference
     module = make_module(path, ema_decay=0.5)
     trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
@@ -115,48 +120,45 @@ def test_fine_tuned_checkpoint_reloads_and_resumes_without_the_init_file(referen
 
 
 @pytest.mark.parametrize("key", ["auto", "ema", "raw"])
-def test_fit_checkpoint_gives_its_ema_or_raw_weights(reference, tmp_path, data, make_trainer, key, caplog):
-    path, _ = reference
-    source = make_module(path, ema_decay=0.5)
-    trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
-    trainer.fit(source, datamodule=data)
-    trainer.save_checkpoint(tmp_path / "run.ckpt")
-    expected = source.model.state_dict() if key == "raw" else source.ema_model.state_dict()
-    assert not torch.equal(source.model.head.weight, source.ema_model.head.weight)
-
-    module = make_module(tmp_path / "run.ckpt", init_weights_key=key)
+def test_fit_checkpoint_gives_its_ema_or_raw_weights(fit_checkpoint, key, caplog):
+    expected = fit_checkpoint.raw if key == "raw" else fit_checkpoint.ema
+    module = make_module(fit_checkpoint.path, backbone=glnet_stl(**tiny()), num_classes=4, init_weights_key=key)
     with caplog.at_level(logging.INFO):
         module.load_init_weights()
     assert same_weights(module.model, expected)
     kind = "raw" if key == "raw" else "EMA"
-    assert f"init_weights: the {kind} weights of run.ckpt (step 2)" in caplog.text
+    assert f"init_weights: the {kind} weights of {fit_checkpoint.path.name} (step 2)" in caplog.text
     # the same words give the same tensors through glnet export / viz (analysis.checkpoints.load_model)
     from glnet_lightning.analysis.checkpoints import load_model
 
-    assert same_weights(load_model(tmp_path / "run.ckpt", weights=key).model, expected)
+    assert same_weights(load_model(fit_checkpoint.path, weights=key).model, expected)
 
 
 @pytest.mark.parametrize("key, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
 def test_reference_layout_with_model_and_model_ema(tmp_path, key, kind):
     """auto is the raw ``model``: the weights the reference evaluates (and its published accuracies are for)."""
-    weights = {"model": make_module().model.state_dict(), "model_ema": make_module().model.state_dict()}
+    backbone = glnet_stl(**tiny())
+    weights = {"model": make_module(backbone=backbone).model.state_dict(),
+               "model_ema": make_module(backbone=backbone).model.state_dict()}
     assert not torch.equal(weights["model"]["head.weight"], weights["model_ema"]["head.weight"])
     torch.save({**weights, "epoch": 299}, tmp_path / "both.pth")
-    module = make_module(tmp_path / "both.pth", init_weights_key=key)
+    module = make_module(tmp_path / "both.pth", backbone=backbone, init_weights_key=key)
     module.load_init_weights()
     assert same_weights(module.model, weights[kind])
     assert same_weights(module.model, read_weights(tmp_path / "both.pth", key).state_dict)
 
 
-def test_ema_requested_from_a_checkpoint_without_ema(tmp_path, data, make_trainer):
-    source = make_module()
+def test_ema_requested_from_a_checkpoint_without_ema(tmp_path):
+    data = RandomImages()
+    backbone = glnet_stl(**tiny())
+    source = make_module(backbone=backbone)
     trainer = make_trainer(tmp_path, limit_train_batches=1, limit_val_batches=0)
     trainer.fit(source, datamodule=data)
     trainer.save_checkpoint(tmp_path / "no_ema.ckpt")
     with pytest.raises(WeightsError, match=r"no_ema.ckpt has no EMA weights \(its run trained without ema_decay\): it "
                                            r"has the raw weights \(state_dict\); pass --model.init_weights_key raw"):
-        make_module(tmp_path / "no_ema.ckpt", init_weights_key="ema").load_init_weights()
-    module = make_module(tmp_path / "no_ema.ckpt")  # auto falls back to the raw weights
+        make_module(tmp_path / "no_ema.ckpt", backbone=backbone, init_weights_key="ema").load_init_weights()
+    module = make_module(tmp_path / "no_ema.ckpt", backbone=backbone)  # auto falls back to the raw weights
     module.load_init_weights()
     assert same_weights(module.model, source.model.state_dict())
 

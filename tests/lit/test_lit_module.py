@@ -10,6 +10,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from glnet_lightning.lit import GLNetModule
 from glnet_lightning.models.glnet import glnet_stl
+from testkit import tiny
+from testkit.data import RandomImages, make_trainer
 
 
 def make_module(tiny_kwargs, **kwargs) -> GLNetModule:
@@ -27,13 +29,14 @@ class RecordLR(Callback):
         self.lrs.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
 
 
-def test_lr_is_scaled_by_global_batch_and_follows_warmup_cosine(tiny_kwargs, tmp_path, make_trainer, images_cls):
+def test_lr_is_scaled_by_global_batch_and_follows_warmup_cosine(tmp_path):
     # batch 16 x accumulate 2 = 32 images per step; quoted lr 1e-2 for 64 -> peak 5e-3.
+    tiny_kwargs = tiny()
     module = make_module(tiny_kwargs, lr=1e-2, base_batch_size=64, warmup_epochs=1, min_lr=1e-4, warmup_lr=0.0)
     recorder = RecordLR()
     trainer = make_trainer(tmp_path, max_epochs=3, limit_train_batches=8, limit_val_batches=0,
                            accumulate_grad_batches=2, callbacks=[recorder])
-    trainer.fit(module, datamodule=images_cls(batch_size=16))
+    trainer.fit(module, datamodule=RandomImages(batch_size=16))
     schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
     assert trainer.lr_scheduler_configs[0].interval == "step"
     assert schedule.base_lr == pytest.approx(5e-3)
@@ -45,7 +48,8 @@ def test_lr_is_scaled_by_global_batch_and_follows_warmup_cosine(tiny_kwargs, tmp
     assert seen[0] == 0.0 and seen[4] == pytest.approx(5e-3)
 
 
-def test_mixup_and_losses_follow_the_settings(tiny_kwargs):
+def test_mixup_and_losses_follow_the_settings():
+    tiny_kwargs = tiny()
     mixed = make_module(tiny_kwargs, mixup=0.8, cutmix=1.0, label_smoothing=0.1)
     assert isinstance(mixed.mixup_fn, Mixup) and isinstance(mixed.train_criterion, SoftTargetCrossEntropy)
     plain = make_module(tiny_kwargs, mixup=0.0, cutmix=0.0, label_smoothing=0.1)
@@ -56,7 +60,9 @@ def test_mixup_and_losses_follow_the_settings(tiny_kwargs):
     assert torch.isfinite(mixed.training_step((x[:3], y[:3]), 0))  # odd batch: unmixed soft targets
 
 
-def test_metrics_and_predict(tiny_kwargs, tmp_path, data, make_trainer):
+def test_metrics_and_predict(tmp_path):
+    tiny_kwargs = tiny()
+    data = RandomImages()
     module = make_module(tiny_kwargs)
     trainer = make_trainer(tmp_path, limit_train_batches=2)
     trainer.fit(module, datamodule=data)
@@ -71,7 +77,8 @@ def test_metrics_and_predict(tiny_kwargs, tmp_path, data, make_trainer):
     assert torch.equal(torch.cat([o["preds"] for o in out]), probs.argmax(1))
 
 
-def test_no_top5_below_five_classes(tiny_kwargs):
+def test_no_top5_below_five_classes():
+    tiny_kwargs = tiny()
     module = make_module(tiny_kwargs, num_classes=3)
     assert list(module.val_metrics.keys()) == ["val/acc1"]
 
@@ -101,7 +108,9 @@ class CaptureEma(Callback):
         self.at_end = {k: v.clone() for k, v in pl_module.ema.state_dict().items()}
 
 
-def test_ema_is_validated_saved_and_restored_exactly(tiny_kwargs, tmp_path, data, make_trainer):
+def test_ema_is_validated_saved_and_restored_exactly(tmp_path):
+    tiny_kwargs = tiny()
+    data = RandomImages()
     module = make_module(tiny_kwargs, ema_decay=0.5)
     ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     first = CaptureEma()
@@ -139,7 +148,9 @@ def test_ema_is_validated_saved_and_restored_exactly(tiny_kwargs, tmp_path, data
     assert int(trainer2.optimizers[0].state[module2.model.head.weight]["step"]) == 6
 
 
-def test_validate_with_ema_checkpoint_reports_ema_metrics(tiny_kwargs, tmp_path, data, make_trainer):
+def test_validate_with_ema_checkpoint_reports_ema_metrics(tmp_path):
+    tiny_kwargs = tiny()
+    data = RandomImages()
     module = make_module(tiny_kwargs, ema_decay=0.9)
     trainer = make_trainer(tmp_path, limit_train_batches=2, limit_val_batches=2)
     trainer.fit(module, datamodule=data)
@@ -151,9 +162,12 @@ def test_validate_with_ema_checkpoint_reports_ema_metrics(tiny_kwargs, tmp_path,
     assert metrics["val/acc1"] == pytest.approx(trainer.callback_metrics["val/acc1"].item())
 
 
-def test_compile_option_compiles_the_backbone_in_place(tmp_path, data, make_trainer, tiny_kwargs):
+@pytest.mark.slow
+def test_compile_option_compiles_the_backbone_in_place(tmp_path):
     """``compile`` reaches torch.compile (the eager backend: tracing without minutes of codegen), training
     runs through the compiled forward, and checkpoints keep the eager model's parameter names."""
+    data = RandomImages()
+    tiny_kwargs = tiny()
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -167,9 +181,10 @@ def test_compile_option_compiles_the_backbone_in_place(tmp_path, data, make_trai
     assert names == {f"model.{k}" for k in module.model.state_dict()} and not any("_orig_mod" in n for n in names)
 
 
-def test_compile_auto_compiles_on_cuda_only_decided_from_the_trainers_device(tmp_path, data, make_trainer,
-                                                                          tiny_kwargs, caplog):
+def test_compile_auto_compiles_on_cuda_only_decided_from_the_trainers_device(tmp_path, caplog):
     """The ImageNet configs' ``compile: auto``: torch.compile defaults on CUDA, eager on this CPU run."""
+    data = RandomImages()
+    tiny_kwargs = tiny()
     from glnet_lightning.lit.module import resolve_compile
 
     assert resolve_compile("auto", torch.device("cuda", 3)) == {}
@@ -187,6 +202,7 @@ def test_compile_auto_compiles_on_cuda_only_decided_from_the_trainers_device(tmp
 @pytest.mark.parametrize("compile, message", [({"mode": "fastest"}, "compile.mode='fastest'"),
                                               ({"fullgrap": True}, "unknown torch.compile option"),
                                               ("always", "compile must be true, false, auto")])
-def test_bad_compile_options_fail_at_construction(compile, message, tiny_kwargs):
+def test_bad_compile_options_fail_at_construction(compile, message):
+    tiny_kwargs = tiny()
     with pytest.raises(ValueError, match=message):
         GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, compile=compile)

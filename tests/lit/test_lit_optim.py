@@ -5,9 +5,11 @@ import timm
 
 import glnet_lightning  # noqa: F401
 from glnet_lightning.lit import build_param_groups
+from testkit import tiny
 
 
-def test_no_decay_for_norm_bias_tau_slots(tiny_kwargs):
+def test_no_decay_for_norm_bias_tau_slots():
+    tiny_kwargs = tiny()
     model = timm.create_model("glnet_stl", num_classes=10, slot_init="param", **tiny_kwargs)
     groups = {g["name"]: g for g in build_param_groups(model, 0.05)}
     assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0

@@ -9,6 +9,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from glnet_lightning.lit import GLNetModule, SlotMapCallback
 from glnet_lightning.models.glnet import glnet_stl
 from glnet_lightning.lit.slot_maps import global_branches, render_assignment, slot_palette
+from testkit import tiny
+from testkit.data import RandomImages, make_trainer
 
 
 def test_palette_distinct_and_overlay_colours_pixels():
@@ -22,7 +24,8 @@ def test_palette_distinct_and_overlay_colours_pixels():
     assert torch.equal(out[0, :, 0, 0], torch.tensor(palette[:4][1], dtype=torch.uint8))
 
 
-def test_render_restores_model_state(tiny_kwargs):
+def test_render_restores_model_state():
+    tiny_kwargs = tiny()
     model = timm.create_model("glnet_stl", num_classes=10, **tiny_kwargs).train()
     callback = SlotMapCallback(num_images=3, tile_size=64)
     grid = callback.render(model, torch.randn(3, 3, 32, 32))
@@ -34,7 +37,9 @@ def test_render_restores_model_state(tiny_kwargs):
     assert callback.render(model, torch.randn(1, 3, 32, 32)).shape[-1] == 2 * 66 + 2
 
 
-def test_callback_logs_grid_to_tensorboard(tiny_kwargs, tmp_path, data, make_trainer):
+def test_callback_logs_grid_to_tensorboard(tmp_path):
+    tiny_kwargs = tiny()
+    data = RandomImages()
     module = GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, mixup=0, cutmix=0, ema_decay=None,
                          slot_map_every_n_epochs=1)
     logger = TensorBoardLogger(tmp_path, name="", version="")

@@ -1,8 +1,6 @@
 """The network's description as data: typed in LightningCLI, recorded whole, rebuilt exactly."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
@@ -14,9 +12,9 @@ from glnet_lightning.models import glnet as glnet_module
 from glnet_lightning.models.backbone import TimmModel, resolve_backbone
 from glnet_lightning.models.glnet import NAMED_MODELS, GLNetArgs, glnet_4g, glnet_stl
 from glnet_lightning.models.strategies import KMeansClusteringStrategy
+from testkit import CONFIGS, tiny
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
+TINY = tiny()
 
 
 def _printed_config(capsys, *args: str) -> dict:
@@ -100,8 +98,9 @@ def test_named_models_are_one_table_shared_by_timm_and_the_descriptions():
     for name, settings in NAMED_MODELS.items():  # each description is GLNetArgs with its table row
         row = {k: v for k, v in settings.items() if k != "__doc__"}
         assert resolve_backbone(name).settings() == GLNetArgs(**row).settings() != GLNetArgs().settings() or not row
-    a = timm.create_model("glnet_4g", num_classes=7, num_slots=16)
-    b = glnet_4g(num_slots=16).build(7)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        a = timm.create_model("glnet_4g", num_classes=7, num_slots=16)
+        b = glnet_4g(num_slots=16).build(7)
     assert [(k, v.shape) for k, v in a.state_dict().items()] == [(k, v.shape) for k, v in b.state_dict().items()]
 
 

@@ -13,16 +13,18 @@ from torch.utils._sympy.numbers import int_oo
 import glnet_lightning  # noqa: F401  (registers the models)
 from glnet_lightning.export import (MIN_SIDE, StageOutputs, dynamic_shapes, export_model, load_exported, main,
                                     verify_export, within_tolerance)
-from glnet_lightning.models import MODEL_NAMES
 from glnet_lightning.models.glnet import glnet_stl
+from testkit import tiny, tiny_named, tiny_named_models, tiny_spec
 
-TINY = dict(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4)
 # traced at 2 x 96 x 128; checked at sizes the trace never saw: batch 1 and 3, odd sides, 513 x 769
 SHAPES = [(1, 3, MIN_SIDE, MIN_SIDE), (3, 3, 161, 97), (1, 3, 513, 769)]
+# The named models that differ at the tiny sizes (glnet_9g is glnet_4g there).
+NAMED = tiny_named_models()
 
 
-def tiny(name: str, **kwargs):
-    return timm.create_model(name, **{**TINY, **kwargs}).eval()
+def tiny_model(name: str, **edits):
+    """A named model at the tiny sizes, with its own block types, in eval mode."""
+    return timm.create_model(name, **tiny_named(**edits)).eval()
 
 
 def stage_shapes(model, x) -> list[torch.Size]:
@@ -53,16 +55,12 @@ def in_memory(program):
 
 
 # ------------------------------------------------------------------------------------------- torch.export
-# At tiny widths glnet_4g and glnet_9g are one architecture, glnet_16g's minus layer scale: 16G stands for the
-# family in the quick run (the CLI test below also exports a 4G to ONNX); all five run with the slow tests.
-FAMILY_REPRESENTED = [pytest.param(n, marks=pytest.mark.slow) if n in ("glnet_4g", "glnet_9g") else n
-                      for n in MODEL_NAMES]
-
-
-@pytest.mark.parametrize("name", FAMILY_REPRESENTED)
+# Every export takes seconds (torch.export traces and solves the shapes): all of them are slow tests.
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMED)
 @torch.no_grad()
 def test_torch_export_takes_any_batch_and_size(name):
-    model = tiny(name)
+    model = tiny_model(name)
     program = torch.export.export(model, (torch.randn(2, 3, 96, 128),), dynamic_shapes=dynamic_shapes(96, 128))
     assert input_ranges(program) == [(1, None), 3, (MIN_SIDE, None), (MIN_SIDE, None)]
     check_matches_eager(model, in_memory(program))
@@ -82,8 +80,9 @@ def input_ranges(program) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_pt2_file_gives_forward_features_stage_shapes_at_odd_sizes(tmp_path):
-    model = tiny("glnet_stl")
+    model = tiny_model("glnet_stl")
     path = export_model(StageOutputs(model), "pt2", tmp_path / "stages.pt2", 96, 128, batch=2)
     exported = load_exported(path, "pt2")
     for shape in [(1, 3, 513, 769), (2, 3, 65, 99)]:
@@ -94,7 +93,7 @@ def test_pt2_file_gives_forward_features_stage_shapes_at_odd_sizes(tmp_path):
 
 @pytest.mark.slow
 def test_small_inputs_export_at_their_size_with_a_dynamic_batch(tmp_path):
-    model = tiny("glnet_4g")
+    model = tiny_model("glnet_4g")
     path = export_model(model, "pt2", tmp_path / "small.pt2", 32, 32)  # 1 x 1 maps in stage 4
     assert input_ranges(torch.export.load(str(path))) == [(1, None), 3, 32, 32]
     exported = load_exported(path, "pt2")
@@ -106,7 +105,7 @@ def test_small_inputs_export_at_their_size_with_a_dynamic_batch(tmp_path):
 @pytest.mark.slow
 def test_window_attention_ablation_exports_for_a_fixed_size(tmp_path):
     """Its pad-to-windows reshapes are beyond torch.export's shape solver for a dynamic size; the batch stays dynamic."""
-    model = tiny("glnet_stl", local="window_mhsa", window_size=4)
+    model = tiny_model("glnet_stl", local="window_mhsa", window_size=4)
     with pytest.raises(Exception):
         export_model(model, "pt2", tmp_path / "dynamic.pt2", 88, 72)
     path = export_model(model, "pt2", tmp_path / "window.pt2", 88, 72, fixed_size=True)
@@ -121,17 +120,19 @@ def test_pt2_of_a_full_width_named_model(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- ONNX
+# glnet_4g's graph is exported below (its stage maps) and by the CLI test (its logits, reference weights);
+# glnet_16g is the same graph plus layer scale.
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [n for n in NAMED if n != "glnet_4g"])
 def test_onnx_matches_eager_in_onnxruntime(name, tmp_path):
-    model = tiny(name)
+    model = tiny_model(name)
     path = export_model(model, "onnx", tmp_path / f"{name}.onnx", 96, 128, batch=2)
     check_matches_eager(model, load_exported(path, "onnx"))
 
 
 @pytest.mark.slow
 def test_onnx_stage_shapes_match_forward_features_at_odd_sizes(tmp_path):
-    model = tiny("glnet_4g")
+    model = tiny_model("glnet_4g")
     path = export_model(StageOutputs(model), "onnx", tmp_path / "stages.onnx", 96, 128, batch=2)
     exported = load_exported(path, "onnx")
     x = torch.randn(1, 3, 513, 769)
@@ -140,6 +141,7 @@ def test_onnx_stage_shapes_match_forward_features_at_odd_sizes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ glnet export
+@pytest.mark.slow
 def test_cli_exports_a_published_checkpoint_to_onnx(conformance, tmp_path, capsys):
     """Real (reference-layout) weights: the logits are O(10), so 1e-4 is a real bound."""
     fixture = torch.load(conformance / "g4_tiny.pt", weights_only=False)
@@ -159,53 +161,41 @@ def test_cli_exports_a_published_checkpoint_to_onnx(conformance, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_cli_exports_the_ema_or_raw_weights_of_a_fit_checkpoint(tmp_path, capsys):
-    from lightning.pytorch import LightningDataModule, Trainer
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from glnet_lightning.lit import GLNetModule
-
-    class Data(LightningDataModule):
-        batch_size = 4  # GLNetModule scales its lr by the data module's batch size
-
-        def train_dataloader(self):
-            return DataLoader(TensorDataset(torch.randn(8, 3, 64, 64), torch.arange(8) % 4), batch_size=4)
-
-    module = GLNetModule(glnet_stl(**TINY), num_classes=4, ema_decay=0.5, mixup=0.0, cutmix=0.0,
-                         slot_map_every_n_epochs=0, warmup_epochs=0, lr=0.5)
-    data = Data()
-    trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
-    trainer.fit(module, datamodule=data)
-    trainer.save_checkpoint(tmp_path / "run.ckpt")
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        raw, ema = module.model.eval()(x), module.ema_model(x)
-    assert not torch.allclose(raw, ema, atol=1e-6)
-    for weights, expected in [("auto", ema), ("raw", raw)]:
+def test_cli_exports_the_ema_or_raw_weights_of_a_fit_checkpoint(fit_checkpoint, tmp_path, capsys):
+    """auto is the EMA of a fit checkpoint (its network recorded in it); raw the trained model."""
+    x = torch.randn(1, 3, 32, 32)
+    outputs = {}
+    for kind, state in [("ema", fit_checkpoint.ema), ("raw", fit_checkpoint.raw)]:
+        model = glnet_stl(**tiny()).build(4)
+        model.load_state_dict(state)
+        with torch.no_grad():
+            outputs[kind] = model.eval()(x)
+    assert not torch.allclose(outputs["raw"], outputs["ema"], atol=1e-6)
+    for weights, expected in [("auto", outputs["ema"]), ("raw", outputs["raw"])]:
         out = tmp_path / f"{weights}.pt2"
-        assert main([str(tmp_path / "run.ckpt"), "--out", str(out), "--img-size", "64", "--weights", weights]) == 0
+        assert main([str(fit_checkpoint.path), "--out", str(out), "--img-size", "32", "--weights", weights]) == 0
         assert ("EMA" in capsys.readouterr().out.splitlines()[0]) == (weights == "auto")
         torch.testing.assert_close(load_exported(out, "pt2")(x)[0], expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("weights, kind", [("auto", "model"), ("raw", "model"), ("ema", "model_ema")])
+@pytest.mark.slow
+@pytest.mark.parametrize("weights, kind", [("auto", "model"), ("ema", "model_ema")])
 def test_cli_exports_the_raw_model_or_the_ema_of_a_reference_layout_file(tmp_path, capsys, weights, kind):
     """A file holding both ``model`` and ``model_ema`` (different values): auto is the raw model, as the
-    reference evaluates its published checkpoints."""
-    kwargs = dict(TINY, dims=(16, 32, 48, 64), head_dim=16)
-    saved = {key: tiny("glnet_stl", **kwargs).state_dict() for key in ("model", "model_ema")}
+    reference evaluates its published checkpoints. (``--weights raw``: the fit checkpoint's test above shows
+    the command passes it on; tests/models/test_weights.py that raw reads ``model`` of such a file.)"""
+    saved = {key: timm.create_model("glnet_stl", **tiny()).state_dict() for key in ("model", "model_ema")}
     assert not torch.equal(saved["model"]["head.weight"], saved["model_ema"]["head.weight"])
     torch.save(saved, tmp_path / "both.pth")
     out = tmp_path / f"{weights}.pt2"
-    assert main([str(tmp_path / "both.pth"), "--model", "glnet_stl:depths=[1,1,1,1],dims=[16,32,48,64],head_dim=16,num_slots=4",
-                 "--out", str(out), "--img-size", "32", "--weights", weights]) == 0, capsys.readouterr().err
+    assert main([str(tmp_path / "both.pth"), "--model", tiny_spec(), "--out", str(out), "--img-size", "32",
+                 "--weights", weights]) == 0, capsys.readouterr().err
     exported = torch.export.load(str(out)).state_dict
     assert all(torch.equal(exported[k], saved[kind][k]) for k in ("head.weight", "stem.0.weight"))
 
 
 def test_cli_refuses_ema_of_a_file_without_it(tmp_path, capsys):
-    torch.save(tiny("glnet_stl").state_dict(), tmp_path / "plain.pth")
+    torch.save(tiny_model("glnet_stl").state_dict(), tmp_path / "plain.pth")
     assert main([str(tmp_path / "plain.pth"), "--model", "glnet_stl", "--format", "pt2", "--weights", "ema"]) == 2
     err = capsys.readouterr().err
     assert err == (f"glnet export: error: {tmp_path / 'plain.pth'} has no EMA weights: it has the raw weights (a plain "

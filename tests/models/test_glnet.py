@@ -1,49 +1,29 @@
-"""The assembled GLNet: every ablation row is a config, gradients reach every parameter, compile works."""
+"""The assembled GLNet: every ablation row trains, gradients reach every parameter, compile works."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 
 import glnet_lightning  # noqa: F401
-from glnet_lightning.models import MODEL_NAMES, GLNet
+from glnet_lightning.models import GLNet
+from glnet_lightning.sweeps import load_sweep
+from testkit import tiny, tiny_named, tiny_named_models
 
-TINY = dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), head_dim=16, num_slots=4, num_classes=7,
-            stage_mixers=("glmix", "glmix", "glmix", "mha"))
-
-# docs/design.md, section 3: each row of the paper's ablation table as strategy settings, with its params (M).
-ABLATION_ROWS = {
-    "stl": ({}, 30.3),
-    "local_only": (dict(global_branch="none"), 26.4),
-    "global_only": (dict(local="none"), 28.3),
-    "seq_global_local": (dict(fusion="global_local"), 30.3),
-    "seq_local_global": (dict(fusion="local_global"), 30.3),
-    "local_wmhsa_w7": (dict(local={"name": "window_mhsa", "window_size": 7}), 32.2),
-    "kmeans_hash": (dict(clustering="kmeans"), 30.3),
-    "param_slot_init": (dict(slot_init="param"), 30.5),
-    "dwconv_k7": (dict(kernel_size=7), 30.3),
-    "dwconv_k3": (dict(kernel_size=3), 30.3),
-    **{f"slots_{n}": (dict(num_slots=n), 30.3) for n in (9, 25, 36, 49, 81)},
-}
+# The tiny model with two blocks in stage 3 and an attention stage 4 (GLNet-STL's block types): 5 blocks, 4 GLMix.
+TINY_STL = tiny(depths=[1, 1, 2, 1], stage_mixers=["glmix", "glmix", "glmix", "mha"], num_classes=7)
+# The paper's ablation table as the shipped sweep file lists it (tests/sweeps/test_ablation.py checks each row's
+# params and GMACs against the paper at full size).
+ABLATION_VARIANTS = load_sweep(Path(__file__).resolve().parents[2] / "sweeps" / "ablation_stl.yaml").variants
 
 
-@pytest.mark.parametrize("row", sorted(ABLATION_ROWS))
-def test_every_ablation_row_is_a_config_with_the_papers_params(row):
-    overrides, paper_params = ABLATION_ROWS[row]
-    model = timm.create_model("glnet_stl", **overrides)
-    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - paper_params) <= 0.1
-
-
-@pytest.mark.parametrize("row", sorted(ABLATION_ROWS))
-def test_every_ablation_row_trains_at_small_size(row):
-    overrides, _ = ABLATION_ROWS[row]
-    overrides = {k: v for k, v in overrides.items() if k != "num_slots"}  # 4 slots at this size
-    if overrides.get("clustering") == "kmeans":
-        overrides["clustering"] = {"name": "kmeans", "iters": 2}
-    config = {**TINY, **overrides}
-    if config.get("global_branch") == "none":
-        del config["num_slots"]
-    model = GLNet(**config).train()
+@pytest.mark.parametrize("variant", ABLATION_VARIANTS, ids=lambda v: v.name)
+def test_every_ablation_row_trains_at_small_size(variant):
+    """Each row's overrides on the tiny model (its slot count too: pooled init pools up as well as down)."""
+    sizes = {f"model.backbone.{k}": v for k, v in TINY_STL.items() if k != "num_classes"}
+    model = variant.build_model(num_classes=7, extra={**sizes, "model.drop_path_rate": 0.0}).train()
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
     assert out.shape == (2, 7) and torch.isfinite(out).all()
@@ -54,19 +34,19 @@ def test_every_ablation_row_trains_at_small_size(row):
 
 
 def test_drop_path_grows_linearly_to_the_rate():
-    model = GLNet(**TINY, drop_path_rate=0.3)
+    model = GLNet(**TINY_STL, drop_path_rate=0.3)
     rates = [getattr(b.drop_path1, "drop_prob", 0.0) for s in model.stages for b in s.blocks]
     assert rates == pytest.approx(torch.linspace(0, 0.3, 5).tolist())
 
 
 def test_layer_scale_starts_at_its_value():
-    model = GLNet(**{**TINY, "layer_scale": 1e-4})
+    model = GLNet(**{**TINY_STL, "layer_scale": 1e-4})
     gamma = model.stages[0].blocks[0].ls1.gamma
     assert gamma.shape == (16,) and torch.all(gamma == 1e-4)
 
 
 def test_glmix_blocks_expose_assignments_in_order():
-    model = GLNet(**{**TINY, "stage_mixers": ("glmix",) * 4}).eval()
+    model = GLNet(**{**TINY_STL, "stage_mixers": ["glmix"] * 4}).eval()
     blocks = model.glmix_blocks()
     assert len(blocks) == 5
     for b in blocks:
@@ -91,7 +71,7 @@ def fresh_dynamo():
     dict(fusion="local_global"), dict(global_branch="none", num_slots=None),
 ], ids=["default", "window", "kmeans", "param", "seq", "local_only"])
 def test_compiles_with_fullgraph_no_graph_breaks(overrides, fresh_dynamo):
-    model = GLNet(**{**TINY, **overrides}).eval()
+    model = GLNet(**{**TINY_STL, **overrides}).eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
@@ -100,17 +80,17 @@ def test_compiles_with_fullgraph_no_graph_breaks(overrides, fresh_dynamo):
 
 @pytest.mark.slow
 def test_inductor_compile_matches_eager(fresh_dynamo):
-    model = timm.create_model("glnet_4g", depths=(1, 1, 2, 1), dims=(32, 64, 96, 128), num_slots=4, num_classes=5).eval()
+    model = timm.create_model("glnet_4g", **tiny_named(depths=[1, 1, 2, 1], num_classes=5)).eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         assert torch.allclose(compiled(x), model(x), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", tiny_named_models())
 def test_every_named_model_compiles_with_fullgraph(name, fresh_dynamo):
     """Each named model's structure (stem, transitions, block types, layer scale, hidden dwconv) at toy width."""
-    model = timm.create_model(name, depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4, num_classes=5).eval()
+    model = timm.create_model(name, **tiny_named(num_classes=5)).eval()
     x = torch.randn(2, 3, 32, 32)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():

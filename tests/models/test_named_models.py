@@ -9,7 +9,9 @@ import torch
 
 import glnet_lightning  # noqa: F401  (registers the models)
 from glnet_lightning.models import MODEL_NAMES
+from testkit import tiny, tiny_named
 
+TINY = tiny(num_classes=3)
 # docs/design.md, section 2: parameters in millions at 1000 classes.
 PAPER_PARAMS_M = {"glnet_stl": 30.30, "glnet_stl_paramslot": 30.48, "glnet_4g": 27.00, "glnet_9g": 60.01, "glnet_16g": 106.06}
 
@@ -35,18 +37,26 @@ def test_all_named_models_are_registered():
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_published_layout_loads_strictly_and_params_match_paper(conformance, name, tmp_path):
+def test_params_match_the_paper(name):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        model = timm.create_model(name)
+    assert abs(n_params_m(model) - PAPER_PARAMS_M[name]) <= 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_published_layout_loads_strictly(conformance, name, tmp_path):
     source = manifest_state_dict(conformance, name)
     path = tmp_path / f"{name}.pth"
     torch.save(source, path)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-    assert abs(n_params_m(model) - PAPER_PARAMS_M[name]) <= 0.05
     # the weights really arrived: the head is copied as is
     assert torch.equal(model.head.weight, source["head.weight"])
     assert torch.equal(model.stages[2].blocks[0].mixer.global_branch.relation.qkv.weight,
                        source["stages.2.blocks.0.relation_mha.in_proj_weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nest", ["model", "state_dict", "model_ema"])
 def test_nested_checkpoints_load(conformance, nest, tmp_path):
     source = manifest_state_dict(conformance, "glnet_stl")
@@ -56,6 +66,7 @@ def test_nested_checkpoints_load(conformance, nest, tmp_path):
     assert torch.equal(model.norm.running_var, source["norm.running_var"])
 
 
+@pytest.mark.slow
 def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path):
     source = manifest_state_dict(conformance, "glnet_stl")
     del source["stages.1.blocks.0.slot_scale"]
@@ -65,6 +76,7 @@ def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path)
         timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "bad.pth")))
 
 
+@pytest.mark.slow
 def test_pretrained_with_new_classes_and_grayscale_input(conformance, tmp_path):
     source = manifest_state_dict(conformance, "glnet_stl")
     torch.save(source, tmp_path / "w.pth")
@@ -76,9 +88,9 @@ def test_pretrained_with_new_classes_and_grayscale_input(conformance, tmp_path):
 
 
 def test_own_state_dict_round_trips_through_pretrained_path(tmp_path):
-    model = timm.create_model("glnet_stl", num_slots=16, num_classes=3).eval()
+    model = timm.create_model("glnet_stl", **TINY).eval()
     torch.save(model.state_dict(), tmp_path / "ours.pth")
-    again = timm.create_model("glnet_stl", num_slots=16, num_classes=3, pretrained=True,
+    again = timm.create_model("glnet_stl", **TINY, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / "ours.pth"), num_classes=3)).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -86,21 +98,22 @@ def test_own_state_dict_round_trips_through_pretrained_path(tmp_path):
 
 
 def test_timm_interface_on_a_small_override():
-    model = timm.create_model("glnet_4g", num_classes=5, drop_path_rate=0.2, depths=(1, 1, 2, 1),
-                              dims=(32, 64, 96, 128), num_slots=9, kernel_size=3).eval()
+    sizes = tiny_named(depths=[1, 1, 2, 1], num_slots=9, kernel_size=3)
+    model = timm.create_model("glnet_4g", num_classes=5, drop_path_rate=0.2, **sizes).eval()
+    width = sizes["dims"][-1]
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["interpolation"] == "bicubic" and cfg["crop_pct"] == 0.875
     assert cfg["first_conv"] == "stem.0" and cfg["classifier"] == "head"
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         feats = model.forward_features(x)
-        assert feats.shape == (2, 128, 2, 2)
-        assert model.forward_head(feats, pre_logits=True).shape == (2, 128)
+        assert feats.shape == (2, width, 2, 2)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, width)
         assert torch.allclose(model.forward_head(feats), model(x))
     model.reset_classifier(11)
     assert model(x).shape == (2, 11)
     model.reset_classifier(0)
-    assert model(x).shape == (2, 128)
+    assert model(x).shape == (2, width)
     assert model.stages[0].blocks[0].mixer.local_branch.dwconv.kernel_size == (3, 3)
     drop = [b.drop_path1 for s in model.stages for b in s.blocks]
     assert type(drop[0]).__name__ == "Identity" and drop[-1].drop_prob == pytest.approx(0.2)
@@ -108,18 +121,18 @@ def test_timm_interface_on_a_small_override():
 
 @pytest.mark.parametrize("name", ["glnet_stl", "glnet_4g"])
 def test_features_only_gives_four_stage_maps(name):
-    model = timm.create_model(name, features_only=True, num_slots=16).eval()
+    model = timm.create_model(name, features_only=True, **tiny_named()).eval()
     with torch.no_grad():
         feats = model(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == model.feature_info.channels()
     assert model.feature_info.reduction() == [4, 8, 16, 32]
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
-    subset = timm.create_model(name, features_only=True, out_indices=(1, 3), num_slots=16)
+    subset = timm.create_model(name, features_only=True, out_indices=(1, 3), **tiny_named())
     assert len(subset(torch.randn(1, 3, 64, 64))) == 2
 
 
 def test_no_weight_decay_names_temperature_and_slots():
-    model = timm.create_model("glnet_stl_paramslot", depths=(1, 1, 1, 1))
+    model = timm.create_model("glnet_stl_paramslot", **tiny_named())
     names = model.no_weight_decay()
     assert "stages.0.blocks.0.mixer.global_branch.clustering.tau" in names
     assert "stages.0.blocks.0.mixer.global_branch.slot_init.slots" in names
@@ -127,7 +140,7 @@ def test_no_weight_decay_names_temperature_and_slots():
 
 
 def test_grad_checkpointing_gives_same_gradients():
-    model = timm.create_model("glnet_stl", depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4, num_classes=3)
+    model = timm.create_model("glnet_stl", **TINY)
     x = torch.randn(2, 3, 32, 32)
     model(x).sum().backward()
     reference = [p.grad.clone() for p in model.parameters()]
@@ -138,6 +151,7 @@ def test_grad_checkpointing_gives_same_gradients():
         assert torch.allclose(ref, p.grad, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_wrong_model_name_for_a_published_checkpoint_says_which_fits(conformance, tmp_path):
     torch.save({"model": manifest_state_dict(conformance, "glnet_9g")}, tmp_path / "g9.pth")
     with pytest.raises(ValueError, match=r"of another shape: .* in the checkpoint vs .*fit timm.create_model\('glnet_9g'"):
@@ -145,10 +159,6 @@ def test_wrong_model_name_for_a_published_checkpoint_says_which_fits(conformance
     torch.save(manifest_state_dict(conformance, "glnet_stl_paramslot"), tmp_path / "ps.pth")
     with pytest.raises(ValueError, match=r"unexpected key\(s\): .*slot_init.slots.*fit timm.create_model\('glnet_stl_paramslot'"):
         timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "ps.pth")))
-
-
-TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4,
-            num_classes=3)
 
 
 def test_pretrained_file_with_model_and_model_ema_gives_the_raw_model(tmp_path, caplog):

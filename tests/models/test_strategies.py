@@ -8,11 +8,11 @@ from torch import nn
 
 from glnet_lightning.models import GLNet, resolve_strategy, strategy_names
 from glnet_lightning.models.local_branches import DWConvBranch, WindowAttentionBranch
-from glnet_lightning.models.slot_attention import KMeansClustering, SoftClustering, pixels_of
+from glnet_lightning.models.slot_attention import KMeansClustering, SoftClustering
 from glnet_lightning.models.strategies import GLMixConfig, ParallelFusion, SlotAttentionGlobal
+from testkit import tiny
 
-# A GLNet small enough for unit tests: 4 stages, widths divisible by head_dim=16.
-TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), head_dim=16, num_slots=4, num_classes=7)
+TINY = tiny(num_classes=7)
 
 
 def _all_params_get_grad(module: nn.Module, out: torch.Tensor) -> list[str]:
@@ -195,15 +195,16 @@ def test_specs_round_trip_through_plain_config():
 
 
 def test_per_stage_settings():
-    model = GLNet(**{**TINY, "stage_mixers": ["glmix"] * 4, "num_slots": [16, 9, 4, 1], "kernel_size": [7, 5, 3, 3]})
+    model = GLNet(**{**TINY, "num_slots": [16, 9, 4, 1], "kernel_size": [7, 5, 3, 3]})
     inits = [s.blocks[0].mixer.global_branch.slot_init.side for s in model.stages]
     kernels = [s.blocks[0].mixer.local_branch.dwconv.kernel_size[0] for s in model.stages]
     assert inits == [4, 3, 2, 1] and kernels == [7, 5, 3, 3]
 
 
 def test_shortcuts_of_an_absent_branch_are_checked_then_ignored_with_one_log_line(caplog):
-    with caplog.at_level("INFO", logger="glnet_lightning.models.glnet"):
-        model = GLNet(**{**TINY, "global_branch": "none", "clustering": "kmeans", "kernel_size": 3})
+    with caplog.at_level("INFO", logger="glnet_lightning.models.glnet"):  # stage 3 attention: no branches to name
+        model = GLNet(**{**TINY, "stage_mixers": ["glmix", "glmix", "glmix", "mha"], "global_branch": "none",
+                         "clustering": "kmeans", "kernel_size": 3})
     assert all(c is None or c.global_branch is None for c in model.mixer_configs)
     assert model.mixer_configs[0].local.kernel_size == 3
     notes = [r.getMessage() for r in caplog.records if "ignoring" in r.getMessage()]

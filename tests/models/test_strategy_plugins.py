@@ -14,9 +14,9 @@ from glnet_lightning.models import GLNet, strategies
 from glnet_lightning.models.slot_attention import pixels_of
 from glnet_lightning.models.strategies import (ClusteringStrategy, FusionStrategy, GLMixConfig, GLMixer,
                                                GlobalStrategy, LocalStrategy, SlotInitStrategy)
+from testkit import tiny
 
-TINY = dict(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), head_dim=16, num_slots=4, num_classes=5,
-            stage_mixers=("glmix",) * 4)
+TINY = tiny(num_classes=5)
 
 
 # ------------------------------------------------------------------ the user's modules

@@ -15,19 +15,22 @@ from timm.models._features_fx import FeatureGraphNet, create_feature_extractor
 from torchvision.models import feature_extraction as tv_fx
 
 import glnet_lightning  # noqa: F401  (registers the models)
-from glnet_lightning.models import MODEL_NAMES
+from testkit import tiny_named, tiny_named_models
 
-# Every named model's structure at toy width; 96 px puts 576 pixels in stage 1 at batch 1, so eager
-# CPU inference takes the chunked MLP path (pixel_chunks.py) that FX and TorchScript graphs leave out.
-TINY = dict(depths=(1, 1, 1, 1), dims=(32, 64, 96, 128), num_slots=4)
+# Every named model's structure at the tiny sizes (the models that differ there: glnet_9g is glnet_4g); 96 px
+# puts 576 pixels in stage 1 at batch 1, so eager CPU inference takes the chunked MLP path (pixel_chunks.py)
+# that FX and TorchScript graphs leave out.
+TINY = tiny_named()
+NAMED = tiny_named_models()
+DIMS = TINY["dims"]
 SIZE = 96
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 TRACER_KWARGS = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
                      param_shapes_constant=True)  # what timm's FX tests trace with
 
 
-def tiny(name: str = "glnet_4g", **kwargs):
-    return timm.create_model(name, **{**TINY, **kwargs}).eval()
+def tiny_model(name: str = "glnet_4g", **edits):
+    return timm.create_model(name, **tiny_named(**edits)).eval()
 
 
 def stage_outputs(model, x: torch.Tensor) -> list[torch.Tensor]:
@@ -61,7 +64,7 @@ def check_timm_feature_maps(maps, feature_info, input_size, batch_size):
 @pytest.mark.parametrize("name", ["glnet_stl", "glnet_4g"])
 @torch.no_grad()
 def test_forward_intermediates_gives_every_stage_and_the_features(name):
-    model = tiny(name)
+    model = tiny_model(name)
     x = torch.randn(2, 3, 64, 64)
     final, maps = model.forward_intermediates(x)
     assert torch.equal(final, model.forward_features(x))
@@ -72,7 +75,7 @@ def test_forward_intermediates_gives_every_stage_and_the_features(name):
 
 @torch.no_grad()
 def test_indices_pick_stages_like_timm():
-    model = tiny()
+    model = tiny_model()
     x = torch.randn(1, 3, 64, 64)
     full = model.forward_intermediates(x, intermediates_only=True)
     for indices, expected in [(1, [3]), (2, [2, 3]), (4, [0, 1, 2, 3]), ([0, -1], [0, 3]), ([-3, 2], [1, 2]), ((1,), [1])]:
@@ -85,7 +88,7 @@ def test_indices_pick_stages_like_timm():
 
 @torch.no_grad()
 def test_norm_applies_the_final_norm_to_the_last_stage_only():
-    model = tiny()
+    model = tiny_model()
     model.norm.running_mean.normal_()  # a BatchNorm that visibly changes its input
     x = torch.randn(1, 3, 64, 64)
     raw = stage_outputs(model, x)
@@ -97,7 +100,7 @@ def test_norm_applies_the_final_norm_to_the_last_stage_only():
 
 @torch.no_grad()
 def test_stop_early_runs_only_the_needed_stages():
-    model = tiny()
+    model = tiny_model()
     x = torch.randn(1, 3, 64, 64)
     calls = []
     for i, stage in enumerate(model.stages):
@@ -112,7 +115,7 @@ def test_stop_early_runs_only_the_needed_stages():
 
 @torch.no_grad()
 def test_intermediates_only_and_nhwc_output():
-    model = tiny()
+    model = tiny_model()
     x = torch.randn(2, 3, 64, 64)
     nchw = model.forward_intermediates(x, intermediates_only=True)
     assert isinstance(nchw, list) and len(nchw) == 4
@@ -126,13 +129,13 @@ def test_intermediates_only_and_nhwc_output():
 # ------------------------------------------------------------------------------ prune_intermediate_layers
 @torch.no_grad()
 def test_pruned_model_gives_the_same_maps():
-    model = tiny()
+    model = tiny_model()
     x = torch.randn(2, 3, 64, 64)
     full = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
     pruned = copy.deepcopy(model)
     assert pruned.prune_intermediate_layers([0, -2]) == [0, 2]
     assert len(pruned.stages) == 3 and isinstance(pruned.norm, torch.nn.Identity)
-    assert isinstance(pruned.head, torch.nn.Identity) and pruned.num_features == 96
+    assert isinstance(pruned.head, torch.nn.Identity) and pruned.num_features == DIMS[2]
     assert_maps_equal(pruned.forward_intermediates(x, indices=[0, 2], intermediates_only=True), full)
     assert torch.equal(pruned(x), full[1])  # no norm, no pooling, no head: the stage-3 map
     assert set(pruned.state_dict()) < set(model.state_dict())
@@ -140,7 +143,7 @@ def test_pruned_model_gives_the_same_maps():
 
 @torch.no_grad()
 def test_pruning_to_the_last_stage_keeps_norm_unless_asked():
-    model = tiny()
+    model = tiny_model()
     x = torch.randn(1, 3, 64, 64)
     kept = copy.deepcopy(model)
     assert kept.prune_intermediate_layers(1) == [3]
@@ -161,12 +164,12 @@ def test_pruning_to_the_last_stage_keeps_norm_unless_asked():
 def test_features_only_uses_forward_intermediates_of_a_pruned_model(name):
     x = torch.randn(1, 3, SIZE, SIZE)
     torch.manual_seed(0)
-    reference = tiny(name)
+    reference = tiny_model(name)
     torch.manual_seed(0)
     features = timm.create_model(name, features_only=True, out_indices=(0, 1), **TINY).eval()
     assert isinstance(features, FeatureGetterNet)
     assert len(features.model.stages) == 2 and isinstance(features.model.head, torch.nn.Identity)
-    assert features.feature_info.channels() == [32, 64] and features.feature_info.reduction() == [4, 8]
+    assert features.feature_info.channels() == DIMS[:2] and features.feature_info.reduction() == [4, 8]
     maps = features(x)
     assert_maps_equal(maps, reference.forward_intermediates(x, indices=[0, 1], intermediates_only=True))
     check_timm_feature_maps(maps, features.feature_info, (SIZE, SIZE), 1)
@@ -180,11 +183,11 @@ def test_features_only_fx_matches_the_getter():
     torch.manual_seed(0)
     graph = timm.create_model("glnet_stl", features_only=True, feature_cls="fx", out_indices=(1, 2, 3), **TINY).eval()
     assert isinstance(graph, FeatureGraphNet)
-    assert graph.feature_info.channels() == getter.feature_info.channels() == [64, 96, 128]
+    assert graph.feature_info.channels() == getter.feature_info.channels() == DIMS[1:]
     for a, b in zip(graph(x), getter(x)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     torch.manual_seed(0)
-    nhwc = FeatureGetterNet(tiny("glnet_stl"), out_indices=(1, 2, 3), output_fmt="NHWC")  # hands timm's Format enum over
+    nhwc = FeatureGetterNet(tiny_model("glnet_stl"), out_indices=(1, 2, 3), output_fmt="NHWC")  # hands timm's Format enum over
     for a, b in zip(nhwc(x), getter(x)):
         assert torch.equal(a, b.permute(0, 2, 3, 1))
 
@@ -202,9 +205,9 @@ def fx_out(graph_module, x):
     return torch.cat(tuple(graph_module(x).values()))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", NAMED)
 def test_model_forward_fx(name):
-    model = tiny(name)
+    model = tiny_model(name)
     x = torch.randn(1, 3, SIZE, SIZE)
     traced = fx_model(model)
     with torch.no_grad():
@@ -217,7 +220,7 @@ def test_model_forward_fx(name):
     assert torch.equal(fx_out(traced, x), model(x))
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", NAMED)
 def test_model_backward_fx(name):
     model = timm.create_model(name, num_classes=42, **TINY).train()
     num_params = sum(p.numel() for p in model.parameters())
@@ -236,7 +239,7 @@ def test_model_backward_fx(name):
 ], ids=["window_padded", "kmeans", "local_global", "global_only", "local_only", "ls_k7"])
 @torch.no_grad()
 def test_ablation_configs_trace_with_fx(overrides):
-    model = tiny("glnet_stl", **overrides)
+    model = tiny_model("glnet_stl", **overrides)
     x = torch.randn(1, 3, 88, 72)  # 22x18 in stage 1: windows of 4 need padding, k7 is cropped in stage 4
     traced = create_feature_extractor(model, {"stages.1": "s1", "head": "logits"})
     out = traced(x)
@@ -244,6 +247,7 @@ def test_ablation_configs_trace_with_fx(overrides):
     torch.testing.assert_close(out["s1"], stage_outputs(model, x)[1], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_a_named_model_traces_with_fx_at_full_width():
     model = timm.create_model("glnet_stl").eval()
@@ -255,11 +259,11 @@ def test_a_named_model_traces_with_fx_at_full_width():
 
 
 # ------------------------------------------------------------------------------ TorchScript
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", NAMED)
 @torch.no_grad()
 def test_model_forward_torchscript(name):
     with set_layer_config(scriptable=True):
-        model = tiny(name)
+        model = tiny_model(name)
     scripted = torch.jit.script(model)
     x = torch.randn(1, 3, SIZE, SIZE)
     out = scripted(x)
@@ -273,11 +277,12 @@ def test_model_forward_torchscript(name):
 ], ids=["window_padded", "kmeans", "param", "global_local", "global_only", "local_only"])
 @torch.no_grad()
 def test_ablation_configs_script(overrides):
-    model = tiny("glnet_stl", **overrides)
+    model = tiny_model("glnet_stl", **overrides)
     x = torch.randn(1, 3, 88, 72)
     torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_a_named_model_scripts_at_full_width():
     model = timm.create_model("glnet_stl").eval()
@@ -298,7 +303,7 @@ class _Intermediates(torch.nn.Module):
 
 @torch.no_grad()
 def test_forward_intermediates_is_scriptable():
-    wrapper = _Intermediates(tiny())
+    wrapper = _Intermediates(tiny_model())
     x = torch.randn(1, 3, 64, 64)
     for a, b in zip(torch.jit.script(wrapper)(x), wrapper(x)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
@@ -308,7 +313,7 @@ def test_forward_intermediates_is_scriptable():
 @pytest.mark.parametrize("name", ["glnet_stl", "glnet_4g"])
 @torch.no_grad()
 def test_odd_input_size_gives_forward_features_shapes(name):
-    model = tiny(name)
+    model = tiny_model(name)
     x = torch.randn(1, 3, 161, 225)
     final, maps = model.forward_intermediates(x)
     features = model.forward_features(x)

@@ -14,52 +14,22 @@ from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.glnet import glnet_stl
 from glnet_lightning.models.weights import (EMA_CHECKPOINT_KEY, WeightsError, load_weights, mismatch, read_weights,
                                             training_settings)
-
-TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
-
-
-def tiny(**kwargs):
-    return timm.create_model("glnet_stl", **{**TINY, "num_classes": 3, **kwargs})
+from testkit import same, tiny
 
 
-def same(state, expected) -> bool:
-    return state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in expected)
+def tiny_model(**edits):
+    """The tiny GLNet with 3 classes (``edits``: other settings or timm arguments)."""
+    return timm.create_model("glnet_stl", **tiny(**{"num_classes": 3, **edits}))
 
 
 @pytest.fixture
 def both(tmp_path):
     """A file in the reference training layout: ``model`` and ``model_ema`` with different values."""
-    raw, ema = tiny().state_dict(), tiny().state_dict()
+    raw, ema = tiny_model().state_dict(), tiny_model().state_dict()
     assert not torch.equal(raw["head.weight"], ema["head.weight"])
     path = tmp_path / "both.pth"
     torch.save({"model": raw, "model_ema": ema, "epoch": 299}, path)
     return path, raw, ema
-
-
-@pytest.fixture(scope="module")
-def fit_run(tmp_path_factory):
-    """A fit checkpoint of 2 steps with EMA (decay 0.5): its raw and EMA weights differ."""
-    from lightning.pytorch import LightningDataModule, Trainer
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from glnet_lightning.lit import GLNetModule
-
-    class Data(LightningDataModule):
-        batch_size = 4  # GLNetModule scales its lr by the data module's batch size
-
-        def train_dataloader(self):
-            return DataLoader(TensorDataset(torch.randn(8, 3, 32, 32), torch.arange(8) % 4), batch_size=4)
-
-    folder = tmp_path_factory.mktemp("fit")
-    module = GLNetModule(glnet_stl(**TINY), num_classes=4, ema_decay=0.5, mixup=0.0, cutmix=0.0,
-                         slot_map_every_n_epochs=0, warmup_epochs=0, lr=0.5)
-    trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", default_root_dir=folder)
-    trainer.fit(module, datamodule=Data())
-    trainer.save_checkpoint(folder / "run.ckpt")
-    raw, ema = module.model.state_dict(), module.ema_model.state_dict()
-    assert not torch.equal(raw["head.weight"], ema["head.weight"])
-    return folder / "run.ckpt", raw, ema
 
 
 def test_auto_takes_the_raw_model_of_a_reference_layout_file(both):
@@ -71,17 +41,17 @@ def test_auto_takes_the_raw_model_of_a_reference_layout_file(both):
         assert same(weights.state_dict, expected) and weights.describe() == line
 
 
-def test_auto_takes_the_ema_of_a_fit_checkpoint(fit_run):
-    path, raw, ema = fit_run
+def test_auto_takes_the_ema_of_a_fit_checkpoint(fit_checkpoint):
+    raw, ema = fit_checkpoint.raw, fit_checkpoint.ema
     for choice, expected, kind in [("auto", ema, "EMA"), ("ema", ema, "EMA"), ("raw", raw, "raw")]:
-        weights = read_weights(path, choice)
+        weights = read_weights(fit_checkpoint.path, choice)
         assert same(weights.state_dict, expected)
-        assert weights.describe() == f"the {kind} weights of run.ckpt (step 2)"
-        assert weights.hyper_parameters["backbone"] == glnet_stl(**TINY).describe()
+        assert weights.describe() == f"the {kind} weights of {fit_checkpoint.path.name} (step 2)"
+        assert weights.hyper_parameters["backbone"] == glnet_stl(**tiny()).describe()
 
 
 def test_every_layout_gives_our_names(conformance, tmp_path):
-    state = tiny().state_dict()
+    state = tiny_model().state_dict()
     layouts = {"plain": state, "state_dict": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
                "state_dict_ema": {"state_dict_ema": state, "optimizer": {}}}
     for name, content in layouts.items():
@@ -97,7 +67,7 @@ def test_every_layout_gives_our_names(conformance, tmp_path):
     assert "stem.0.weight" in converted and (logits - fixture["logits"]).abs().max() <= 1e-4 * fixture["logits"].abs().max()
 
 
-def test_raw_or_ema_the_file_lacks_is_one_line_saying_what_to_pass(both, fit_run, tmp_path):
+def test_raw_or_ema_the_file_lacks_is_one_line_saying_what_to_pass(both, fit_checkpoint, tmp_path):
     path, raw, ema = both
     torch.save(raw, tmp_path / "plain.pth")
     with pytest.raises(WeightsError, match=re.escape(
@@ -108,7 +78,7 @@ def test_raw_or_ema_the_file_lacks_is_one_line_saying_what_to_pass(both, fit_run
     with pytest.raises(WeightsError, match=re.escape(
             "has no raw weights: it has the EMA weights (model_ema); pass --model.init_weights_key ema")):
         read_weights(tmp_path / "ema_only.pth", "raw", option="--model.init_weights_key")
-    checkpoint = torch.load(fit_run[0], weights_only=False)
+    checkpoint = torch.load(fit_checkpoint.path, weights_only=False)
     del checkpoint[EMA_CHECKPOINT_KEY]
     torch.save(checkpoint, tmp_path / "no_ema.ckpt")
     with pytest.raises(WeightsError, match=re.escape("has no EMA weights (its run trained without ema_decay): it has "
@@ -124,18 +94,19 @@ def test_raw_or_ema_the_file_lacks_is_one_line_saying_what_to_pass(both, fit_run
 
 
 def manifest_state_dict(conformance, name: str) -> dict[str, torch.Tensor]:
-    """Random values with exactly the keys and shapes of a published checkpoint."""
+    """Exactly the keys and shapes of a published checkpoint; the values (never loaded here) are one zero
+    expanded to each shape, so the file saved is kilobytes, not the published 120 MB."""
     state = {}
     for line in (conformance / f"{name}.keys.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             key, shape = line.split("\t")
-            state[key] = torch.randn([int(d) for d in re.findall(r"\d+", shape)])
+            state[key] = torch.zeros(()).expand([int(d) for d in re.findall(r"\d+", shape)])
     return state
 
 
 def test_a_file_that_does_not_fit_is_refused_before_loading_naming_the_published_model(conformance, tmp_path):
     torch.save({"model": manifest_state_dict(conformance, "glnet_stl")}, tmp_path / "glnet_stl.pth")
-    model = tiny()
+    model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WeightsError) as error:
         load_weights(model, tmp_path / "glnet_stl.pth", what="init_weights")
@@ -150,22 +121,21 @@ def test_a_file_that_does_not_fit_is_refused_before_loading_naming_the_published
     assert same(model.state_dict(), before)
 
 
-def test_training_settings_are_the_network_description_in_the_syntax_of_model_options(fit_run):
+def test_training_settings_are_the_network_description_in_the_syntax_of_model_options(fit_checkpoint):
     settings = training_settings({"lr": 0.5, "backbone": glnet_stl(num_slots=16).describe(), "num_classes": 4,
                                   "compile": {"mode": "default"}, "mixup": 0.8})
     assert settings == " It was trained with model.backbone=glnet_stl:num_slots=16, model.num_classes=4: use those settings."
-    path, _, _ = fit_run
-    wide = tiny(dims=[16, 32, 48, 80], num_classes=4)
+    wide = tiny_model(dims=[16, 32, 48, 80], num_classes=4)
     spec = "glnet_stl:depths=[1, 1, 1, 1],dims=[16, 32, 48, 64],stage_mixers=[glmix, glmix, glmix, glmix],head_dim=16,num_slots=4"
     with pytest.raises(WeightsError, match=re.escape(
             f"It was trained with model.backbone={spec}, model.num_classes=4: use those settings.")):
-        load_weights(wide, path)
-    assert resolve_backbone(*parse_model_spec(spec)[:1], **parse_model_spec(spec)[1]) == glnet_stl(**TINY)
+        load_weights(wide, fit_checkpoint.path)
+    assert resolve_backbone(*parse_model_spec(spec)[:1], **parse_model_spec(spec)[1]) == glnet_stl(**tiny())
 
 
 def test_timm_conventions_another_classifier_and_input_channels(both):
     path, raw, _ = both
-    model = tiny(num_classes=7, in_chans=1)
+    model = tiny_model(num_classes=7, in_chans=1)
     fresh_head = model.head.weight.clone()
     line = load_weights(model, path)
     assert line == "weights: the raw weights (model) of both.pth; head re-initialised: the file has 3 classes, the model 7"
@@ -176,7 +146,7 @@ def test_timm_conventions_another_classifier_and_input_channels(both):
 
 def test_strict_mismatch_includes_the_classifier(both):
     _, raw, _ = both
-    assert mismatch(raw, tiny(num_classes=7)) is None
-    assert mismatch(raw, tiny(num_classes=7), strict=True) == (
+    assert mismatch(raw, tiny_model(num_classes=7)) is None
+    assert mismatch(raw, tiny_model(num_classes=7), strict=True) == (
         "2 key(s) of another shape: head.bias [3] in the checkpoint vs [7], head.weight [3, 64] in the checkpoint "
         "vs [7, 64].")

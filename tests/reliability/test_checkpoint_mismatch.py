@@ -13,13 +13,13 @@ import pytest
 
 from glnet_lightning.cli.main import main
 from glnet_lightning.lit import GLNetModule
-from glnet_lightning.models.glnet import glnet_stl
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
+from glnet_lightning.models.glnet import glnet_stl
+from testkit import one_error_line, tiny, tiny_args
 
-pytestmark = pytest.mark.slow
 
-
-def test_resuming_another_architecture_names_the_keys(fashion_mnist, tiny_args, one_error_line, capsys, tmp_path):
+@pytest.mark.slow
+def test_resuming_another_architecture_names_the_keys(fashion_mnist, capsys, tmp_path):
     run = tmp_path / "run"
     assert main(["fit", *tiny_args(run, train_batches=1, val_batches=1)]) == 0
     last = run / "checkpoints" / "last.ckpt"
@@ -43,29 +43,13 @@ def test_resuming_another_architecture_names_the_keys(fashion_mnist, tiny_args, 
         checkpoint_mismatch(last, other)
 
 
-def test_the_message_names_keys_shapes_and_the_training_settings(tmp_path):
-    """In process, without the data set: a fit checkpoint against a module of another width."""
-    import torch
-    from lightning.pytorch import LightningDataModule, Trainer
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class Data(LightningDataModule):
-        batch_size = 4  # GLNetModule scales its lr by the data module's batch size
-
-        def train_dataloader(self):
-            return DataLoader(TensorDataset(torch.randn(4, 3, 32, 32), torch.arange(4)), batch_size=4)
-
-    kwargs = dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64], head_dim=16, stage_mixers=["glmix"] * 4, num_slots=4)
-    settings = dict(num_classes=4, ema_decay=None, mixup=0.0, cutmix=0.0, slot_map_every_n_epochs=0, warmup_epochs=0)
-    module = GLNetModule(glnet_stl(**kwargs), **settings)
-    trainer = Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
-    trainer.fit(module, datamodule=Data())
-    trainer.save_checkpoint(tmp_path / "last.ckpt")
-    assert checkpoint_mismatch(tmp_path / "last.ckpt", module) is None
-    wider = GLNetModule(glnet_stl(**dict(kwargs, dims=[16, 32, 48, 96])), **settings)
-    reason = checkpoint_mismatch(tmp_path / "last.ckpt", wider)
-    assert reason.startswith(f"checkpoint {tmp_path / 'last.ckpt'} does not fit the configured model: ")
+def test_the_message_names_keys_shapes_and_the_training_settings(fit_checkpoint):
+    """In process, without the data set: the session's tiny fit checkpoint against a module of another width."""
+    path = fit_checkpoint.path
+    assert checkpoint_mismatch(path, GLNetModule(glnet_stl(**tiny()), num_classes=4)) is None
+    wider = GLNetModule(glnet_stl(**tiny(dims=[16, 32, 48, 96])), num_classes=4)
+    reason = checkpoint_mismatch(path, wider)
+    assert reason.startswith(f"checkpoint {path} does not fit the configured model: ")
     assert "model.head.weight [4, 64] in the checkpoint vs [4, 96]" in reason and "\n" not in reason
     assert reason.endswith("It was trained with model.backbone=glnet_stl:depths=[1, 1, 1, 1],dims=[16, 32, 48, 64],stage_mixers=[glmix, glmix, glmix, glmix],head_dim=16,num_slots=4, "
                            "model.num_classes=4: use those settings.")

@@ -1,6 +1,6 @@
 """Config: every bad setting fails before any data is read, with one ``glnet: error:`` line that says
-what to fix, and exit code 2. (tests/cli/test_cli_errors.py covers the cases it already had: unknown
-model, non-square slots, even kernel, width vs head_dim, typed Trainer/module options.)"""
+what to fix, and exit code 2: the network's description, the image size, typed options. (The other
+Trainer/module/data options and missing data roots: tests/cli/test_cli_errors.py.)"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from glnet_lightning.cli.main import main
+from testkit import one_error_line
 
 FMNIST = str(Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist.yaml")
 
@@ -36,7 +37,7 @@ NO_DATA = ["--data.init_args.root=/nonexistent/fmnist", "--data.init_args.downlo
     ("--data.init_args.image_size=big", ["image_size", "big"]),
     ("--model.nonfinite_loss=ignore", ["nonfinite_loss must be one of ('stop', 'skip')"]),
 ])
-def test_bad_setting_is_one_line_before_any_data(override, expected, one_error_line, capsys, tmp_path):
+def test_bad_setting_is_one_line_before_any_data(override, expected, capsys, tmp_path):
     rc = main(["fit", "--config", FMNIST,
                "--trainer.default_root_dir", str(tmp_path), *NO_DATA, override])
     line = one_error_line(capsys.readouterr().err)

@@ -12,7 +12,9 @@ from lightning.pytorch import Callback
 from glnet_lightning.cli.main import main
 from glnet_lightning.lit import GLNetModule
 from glnet_lightning.models.glnet import glnet_stl
-from reliability_probe import PoisonBatch
+from testkit import one_error_line, same, tiny, tiny_args
+from testkit.data import RandomImages, make_trainer
+from testkit.probes import PoisonBatch
 
 POISONED_STEP = 3
 
@@ -29,38 +31,32 @@ class Snapshots(Callback):
             "optimizer": trainer.optimizers[0].state_dict()["state"]})
 
 
-def _equal(a, b) -> bool:
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-
-
-def test_skip_leaves_every_state_untouched_and_training_goes_on(tiny_kwargs, images_cls, make_trainer, tmp_path):
+def test_skip_leaves_every_state_untouched_and_training_goes_on(tmp_path):
+    tiny_kwargs = tiny()
     module = GLNetModule(glnet_stl(**tiny_kwargs), num_classes=10, drop_path_rate=0.0, mixup=0.0, cutmix=0.0,
                          ema_decay=0.9, slot_map_every_n_epochs=0, warmup_epochs=0, nonfinite_loss="skip")
     snapshots = Snapshots()
     trainer = make_trainer(tmp_path, max_steps=6, gradient_clip_val=5.0,
                            callbacks=[PoisonBatch(POISONED_STEP), snapshots])
     with pytest.warns(UserWarning, match=f"non-finite training loss at global step {POISONED_STEP}: step skipped"):
-        trainer.fit(module, datamodule=images_cls())
+        trainer.fit(module, datamodule=RandomImages())
 
     before, after = snapshots.by_step[POISONED_STEP], snapshots.by_step[POISONED_STEP + 1]
     # the skipped batch changed nothing: weights, BatchNorm statistics, AdamW moments and steps, EMA
-    assert _equal(before, after)
+    assert same(before, after)
     assert any(k.endswith("running_mean") for k in before["weights"])
     assert module.nonfinite_guard.skipped_steps == 1
     # ...while the steps around it trained normally, and nothing became NaN
-    assert not _equal(snapshots.by_step[POISONED_STEP - 1]["weights"], before["weights"])
-    assert not _equal(after["weights"], snapshots.by_step[POISONED_STEP + 2]["weights"])
+    assert not same(snapshots.by_step[POISONED_STEP - 1]["weights"], before["weights"])
+    assert not same(after["weights"], snapshots.by_step[POISONED_STEP + 2]["weights"])
     assert all(torch.isfinite(v).all() for v in module.model.state_dict().values() if v.is_floating_point())
     assert trainer.global_step == 6
 
 
-@pytest.mark.slow
-def test_stop_names_the_step_and_the_last_checkpoint(fashion_mnist, tiny_args, one_error_line, capsys, tmp_path):
+def test_stop_names_the_step_and_the_last_checkpoint(fashion_mnist, capsys, tmp_path):
     # epoch 0 (4 steps) ends with last.ckpt; the batch at global step 6 is poisoned
     rc = main(["fit", *tiny_args(tmp_path, train_batches=4, val_batches=1, epochs=2),
-               '--trainer.callbacks+={"class_path": "reliability_probe.PoisonBatch", "init_args": {"at_step": 6}}'])
+               '--trainer.callbacks+={"class_path": "testkit.probes.PoisonBatch", "init_args": {"at_step": 6}}'])
     line = one_error_line(capsys.readouterr().err)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert rc == 2

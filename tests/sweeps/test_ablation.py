@@ -1,4 +1,7 @@
-"""The ablation table: every STL row against the paper (params, GMACs), top-1 from events, formats."""
+"""The ablation table: every STL row against the paper (params, GMACs), top-1 from events, formats.
+
+The full-size networks are built on the meta device: shapes without memory or initialisation, which is
+all parameter and MAC counts need (FlopCounterMode counts from shapes; the hooks below read shapes)."""
 from __future__ import annotations
 
 import csv
@@ -33,7 +36,9 @@ def stl_sweep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stl_rows(stl_sweep):
-    rows = table_rows(stl_sweep.variants, {}, None, img_size=224, throughput_batch=None)
+    """``glnet ablation table``'s rows (untimed) of every variant, each built as ``fit`` would."""
+    with torch.device("meta"):
+        rows = table_rows(stl_sweep.variants, {}, None, img_size=224, throughput_batch=None)
     return {row.name: row for row in rows}
 
 
@@ -42,6 +47,7 @@ ROWS = [v.name for v in load_sweep(STL_SWEEP).variants]
 
 @pytest.mark.parametrize("name", ROWS)
 def test_params_are_within_0_1_m_of_the_paper(stl_rows, name):
+    """The one check of the rows' sizes (tests/models/test_glnet.py trains each row at tiny size)."""
     row = stl_rows[name]
     assert abs(row.params_m - row.paper_params_m) <= 0.1, f"{name}: {row.params_m:.2f} M"
 
@@ -68,7 +74,7 @@ def _layer_macs(model: nn.Module, size: int) -> int:
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        model.eval()(torch.randn(1, 3, size, size))
+        model.eval()(torch.randn(1, 3, size, size, device=next(model.parameters()).device))
     for handle in handles:
         handle.remove()
     return total
@@ -88,7 +94,9 @@ def _matmul_macs(glmix: bool, slots: int = 64) -> int:
 @pytest.mark.parametrize("name, glmix", [("stl", True), ("local_only", False)])
 def test_mac_counter_agrees_with_hooks_plus_analytic_matmuls(stl_sweep, stl_rows, name, glmix):
     variant = {v.name: v for v in stl_sweep.variants}[name]
-    independent = _layer_macs(variant.build_model(), 224) + _matmul_macs(glmix)
+    with torch.device("meta"):
+        model = variant.build_model()
+    independent = _layer_macs(model, 224) + _matmul_macs(glmix)
     assert stl_rows[name].gmacs * 1e9 == pytest.approx(independent, rel=0.005)
 
 

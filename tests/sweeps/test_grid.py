@@ -17,6 +17,7 @@ from glnet_lightning.config_edit import ConfigEditError, apply_edits, parse_assi
 from glnet_lightning.sweeps import SweepError, load_sweep
 from glnet_lightning.sweeps.cli import grid_main
 from glnet_lightning.sweeps.grid import find_last_checkpoint, read_status
+from testkit import tiny, tiny_sets
 
 REPO = Path(__file__).resolve().parents[2]
 STL_SWEEP = REPO / "sweeps" / "ablation_stl.yaml"
@@ -24,8 +25,6 @@ FASHION_SWEEP = REPO / "sweeps" / "ablation_fashion_mnist.yaml"
 TABLE_ORDER = ["stl", "local_only", "global_only", "seq_global_local", "seq_local_global", "local_wmhsa_w7",
                "kmeans_hash", "param_slot_init", "dwconv_k7", "dwconv_k3", "slots_9", "slots_25", "slots_36",
                "slots_49", "slots_81"]
-TINY_SETS = ["model.backbone.depths=[1,1,1,1]", "model.backbone.dims=[32,64,96,128]",
-             "model.backbone.num_slots=4"]
 
 
 # ------------------------------------------------------------------------------------ sweep files
@@ -52,10 +51,10 @@ def test_variants_resolve_overrides_on_the_base_with_set_edits_in_between():
 
 def test_build_model_is_the_model_fit_trains():
     variants = {v.name: v for v in load_sweep(FASHION_SWEEP).variants}
-    extra = dict(parse_assignment(text) for text in TINY_SETS)
+    extra = dict(parse_assignment(text) for text in tiny_sets())
     k3, k7 = (variants[n].build_model(10, extra) for n in ("dwconv_k3", "dwconv_k7"))
-    # 5 GLMix blocks with a depthwise conv each: 7x7 has (49 - 9) more weights per channel than 3x3
-    assert sum(p.numel() for p in k7.parameters()) - sum(p.numel() for p in k3.parameters()) == 40 * (32 + 64 + 96 + 128)
+    # one GLMix block per stage, each with a depthwise conv: 7x7 has (49 - 9) more weights per channel than 3x3
+    assert sum(p.numel() for p in k7.parameters()) - sum(p.numel() for p in k3.parameters()) == 40 * sum(tiny()["dims"])
     assert variants["local_only"].build_model(10, extra).mixer_configs[0].global_branch is None
 
 
@@ -200,7 +199,7 @@ def test_real_tiny_fit_runs_resumably_and_logs_top1(tmp_path):
     """One real ``glnet fit`` subprocess on Fashion-MNIST with a tiny model and a few batches."""
     from glnet_lightning.analysis.tb_runs import read_top1
 
-    sets = [*TINY_SETS, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+    sets = [*tiny_sets(), "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "data.init_args.batch_size=32", "data.init_args.num_workers=0", "model.slot_map_every_n_epochs=0"]
     args = [str(FASHION_SWEEP), "--runs", str(tmp_path), "--only", "local_only",
             *(arg for text in sets for arg in ("--set", text))]
@@ -230,6 +229,7 @@ def test_sub_config_files_are_inlined_so_the_written_config_resolves_anywhere(tm
         load_sweep(tmp_path / "sweep.yaml").variants[0].config()
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_runner_reaches_the_running_fit_and_stops_the_sweep(fake_sweep):
     import signal
     import subprocess
