@@ -233,7 +233,8 @@ def test_sub_config_files_are_inlined_so_the_written_config_resolves_anywhere(tm
 def test_sigterm_to_the_runner_reaches_the_running_fit_and_stops_the_sweep(fake_sweep):
     import signal
     import subprocess
-    import time
+
+    from testkit import signal_when
 
     runs = fake_sweep / "runs"
     (fake_sweep / "base.yaml").write_text("fake: {mode: wait_for_sigterm}\ntrainer: {max_epochs: 1}\n")
@@ -241,12 +242,8 @@ def test_sigterm_to_the_runner_reaches_the_running_fit_and_stops_the_sweep(fake_
               f"[{str(fake_sweep / 'sweep.yaml')!r}, '--runs', {str(runs)!r}, '--only', 'first', 'last'], "
               f"fit_command=({sys.executable!r}, {str(fake_sweep / 'fake_fit.py')!r}), check_config=False))")
     runner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (runs / "first" / "ready").exists():
-        assert runner.poll() is None and time.time() < deadline, "the fake fit never started"
-        time.sleep(0.1)
-    runner.send_signal(signal.SIGTERM)
-    out, _ = runner.communicate(timeout=60)
+    signal_when(runner, (runs / "first" / "ready").exists, signal.SIGTERM, timeout=60)
+    out = runner.stdout.read()
     assert runner.returncode == 128 + signal.SIGTERM
     assert (runs / "first" / "checkpoints" / "last.ckpt").read_text() == "saved on SIGTERM"
     assert read_status(runs / "first")["state"] == "interrupted"
