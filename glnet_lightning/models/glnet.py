@@ -14,8 +14,8 @@ the same name. ``GLNet`` itself takes strategy specs from ``strategies.py``; its
 of the configured strategies, per stage when given a list of 4; for a branch that is ``none`` they are
 checked, then ignored.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: fx copies ``GLNet.forward``'s annotation into the traced
+# graph's code, and TorchScript cannot resolve a postponed (string) one (timm's fx-then-script test).
 import dataclasses
 import functools
 import logging

@@ -271,6 +271,21 @@ def test_model_forward_torchscript(name):
     torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", NAMED)
+@torch.no_grad()
+def test_model_forward_fx_then_torchscript(name):
+    """timm's model suite scripts the fx-traced graph too: the traced ``forward`` carries the input's type
+    annotation, so it must be a real type (a postponed string annotation becomes a name TorchScript cannot
+    resolve)."""
+    with set_layer_config(exportable=True):
+        model = tiny_model(name)
+    scripted = torch.jit.script(fx_model(model))
+    x = torch.randn(1, 3, SIZE, SIZE)
+    out = fx_out(scripted, x)
+    assert out.shape[0] == 1 and not torch.isnan(out).any()
+    torch.testing.assert_close(out, model(x), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("overrides", [
     dict(local="window_mhsa", window_size=4), dict(clustering="kmeans"), dict(slot_init="param"),
     dict(fusion="global_local"), dict(local="none"), dict(global_branch="none", num_slots=None),
