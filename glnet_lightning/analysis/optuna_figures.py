@@ -16,7 +16,7 @@ __all__ = ["study_figures", "trials_frame"]
 
 def trials_frame(study: optuna.Study):
     """Optuna's trials DataFrame with the objective columns named after the objectives (e.g. val/acc1)."""
-    from glnet_lightning.sweeps.reports import objective_names
+    from glnet_lightning.analysis.study_report import objective_names
 
     frame = study.trials_dataframe(attrs=("number", "state", "values", "params", "user_attrs"))
     names = objective_names(study)
@@ -32,7 +32,7 @@ def study_figures(study: optuna.Study) -> tuple[dict[str, Figure], dict[str, str
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
-    from glnet_lightning.sweeps.reports import objective_names
+    from glnet_lightning.analysis.study_report import objective_names
 
     names = objective_names(study)
     multi = len(study.directions) > 1

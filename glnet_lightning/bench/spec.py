@@ -5,7 +5,6 @@ memory-probe subprocesses must build exactly the same model from the same text.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass, field
 
@@ -13,6 +12,7 @@ import timm
 import torch.nn as nn
 
 from glnet_lightning import config_edit
+from glnet_lightning.errors import close_matches
 from glnet_lightning.models.backbone import resolve_backbone
 
 from .errors import BenchError
@@ -43,7 +43,7 @@ def check_model_names(specs: list[ModelSpec]) -> None:
         if timm.is_model(spec.name):
             continue
         known = known if known is not None else timm.list_models()
-        close = difflib.get_close_matches(spec.name, known, n=5, cutoff=0.6)
+        close = close_matches(spec.name, known, n=5)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise BenchError(f"unknown model {spec.name!r}{hint}")
 

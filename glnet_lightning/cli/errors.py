@@ -1,4 +1,5 @@
-"""How every ``glnet`` command ends on a problem the user can fix: one ``<prog>: error:`` line, status 2.
+"""How every ``glnet`` command ends: one ``<prog>: error:`` line for a problem the user can fix, and the
+one table of exit codes.
 
 Why one place: the commands parse with argparse or LightningCLI, which leave through ``SystemExit``
 (``--help``, ``--print_config``, usage errors), and raise their own errors for bad files or
@@ -7,10 +8,27 @@ settings. Each command had its own wrapper for both, and they disagreed on the e
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-__all__ = ["exit_code", "parse_args", "report"]
+from glnet_lightning.errors import did_you_mean
+
+__all__ = ["FAILED", "INTERRUPTED", "SIGTERM_EXIT_CODE", "USAGE_ERROR", "CommandParser", "exit_code",
+           "parse_args", "report"]
+
+#: The command ran and found a failure the user cannot fix by changing the command (a trial or variant
+#: failed, an export differs from eager).
+FAILED = 1
+#: A problem the user can fix: a bad option, file or setting (argparse's status for usage errors).
+USAGE_ERROR = 2
+#: Ctrl-C: what a shell reports for a process ended by SIGINT.
+INTERRUPTED = 128 + int(signal.SIGINT)
+#: Stopped by SIGTERM after saving what there was to save (SLURM pre-emption): what a shell reports for a
+#: process ended by SIGTERM, so wrappers and schedulers do not mistake a pre-empted run for a finished one.
+SIGTERM_EXIT_CODE = 128 + int(signal.SIGTERM)
 
 
 def exit_code(exc: SystemExit) -> int:
@@ -18,7 +36,7 @@ def exit_code(exc: SystemExit) -> int:
     int is itself, a message (a usage error) is 2."""
     if exc.code is None:
         return 0
-    return exc.code if isinstance(exc.code, int) else 2
+    return exc.code if isinstance(exc.code, int) else USAGE_ERROR
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -34,7 +52,32 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return exit_code(exc)
 
 
-def report(prog: str, exc: BaseException | str) -> int:
-    """Print ``<prog>: error: <message on one line>`` to stderr; returns 2, the status for user errors."""
+def report(prog: str, exc: BaseException | str, code: int = USAGE_ERROR) -> int:
+    """Print ``<prog>: error: <message on one line>`` to stderr; returns ``code`` (2, a user error, unless
+    told otherwise)."""
     print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-    return 2
+    return code
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the ``glnet`` commands: no prefix matching, and a mistake is one line.
+
+    Why: argparse takes ``--n-trial`` for ``--n-trials`` (and would take ``--b`` for whichever option
+    starts so), so a typo can set another option; and its error is the whole usage block then the
+    message. Here an unknown option names the closest real one, and the message says where the
+    usage is.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        unknown = re.match(r"unrecognized arguments: (.*)$", message)
+        if unknown:
+            options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+            words = unknown.group(1).split()
+            message = "; ".join(f"unknown option {w}{did_you_mean(w.split('=')[0], options)}" for w in words
+                                if w.startswith("-")) or message
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)

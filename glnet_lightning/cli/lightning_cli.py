@@ -21,22 +21,19 @@ Why a subclass: it fixes the project's run layout and defaults in one place —
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
-import signal
 import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from unittest import mock
 import warnings
 
+import torch
 import yaml
-
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -45,6 +42,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+import glnet_lightning.data  # noqa: F401  (the data modules' short names: --data ImageNetDataModule, --data.help ...)
 from glnet_lightning.lit import AtomicCheckpointIO, GLNetModule, PredictionWriter
 from glnet_lightning.lit.checkpoint_check import checkpoint_mismatch
 from glnet_lightning.lit.checkpoint_io import CheckpointWriteError
@@ -53,10 +51,12 @@ from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
-from glnet_lightning.errors import UserError
+from glnet_lightning.errors import UserError, close_matches, did_you_mean
 from glnet_lightning.models.weights import WeightsError
 
-__all__ = ["GLNetCLI", "GLNetTrainer", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "SIGTERM_EXIT_CODE", "build_cli",
+from .errors import SIGTERM_EXIT_CODE
+
+__all__ = ["GLNetCLI", "GLNetTrainer", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "build_cli",
            "check_run_config"]
 
 #: Defaults of the ``--checkpoint.*`` group (a ModelCheckpoint every run has).
@@ -67,6 +67,8 @@ CHECKPOINT_DEFAULTS: dict[str, Any] = {
     "save_last": True,
     "filename": "best",
     "auto_insert_metric_name": False,
+    # a resumed run overwrites its own best.ckpt / last.ckpt (a fresh fit into a used directory is refused)
+    "enable_version_counter": False,
 }
 
 #: Where a run goes when neither the config nor the command line says: ``runs/<backbone name>``.
@@ -76,10 +78,6 @@ RUNS_DIR = "runs"
 _CONFIG_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, KeyError, ArgumentError,
                   MisconfigurationException)
 
-
-#: Exit status after a SIGTERM-triggered save: what a shell reports for a process ended by SIGTERM,
-#: so wrappers and schedulers do not mistake a pre-empted run for a finished one.
-SIGTERM_EXIT_CODE = 128 + int(signal.SIGTERM)
 
 
 class ConfigError(UserError):
@@ -109,7 +107,7 @@ def _backbone_message(text: str) -> str | None:
     if "Expected a dot import path string" in rest or "does not correspond to a subclass" in rest:
         given = re.search(r"import path string: (\S+)", rest) or re.search(r"path (\S+) does not", rest)
         name = given.group(1) if given else "?"
-        close = difflib.get_close_matches(name, named_backbones(), n=1)
+        close = close_matches(name, named_backbones())
         hint = f"did you mean {close[0]}? " if close else ""
         return (f"{key}: unknown model {name!r}; {hint}named GLNet models are {named_backbones()} "
                 f"(or GLNetArgs, TimmModel, a full class path)")
@@ -124,13 +122,50 @@ def _backbone_message(text: str) -> str | None:
             settings = list(resolve_backbone(class_path).settings())
         except (ValueError, TypeError):
             settings = []
-        close = difflib.get_close_matches(option.group(1), settings, n=1)
+        close = close_matches(option.group(1), settings)
         hint = f"; did you mean {close[0]}?" if close else f"; its settings are {settings}"
         return f"{key}.{option.group(1)}: {short} has no such setting{hint}"
     nested = re.match(r'Parser key "([^"]+)": (.*)$', reason)
     if nested:
         return _union_reason(f'Parser key "{key}.{nested.group(1)}": {nested.group(2)}')
     return f"{key} ({short}): {reason}"
+
+
+def _unknown_key_message(parser: LightningArgumentParser, args: Any, text: str) -> str | None:
+    """An unknown option (``--trainer.max_step``) or config key (``trainer: {max_step: 3}``) as one line naming
+    the closest real one."""
+    text = " ".join(text.split())
+    unknown = re.match(r"unrecognized arguments: (.*)$", text)
+    config_key = re.match(r"Subcommand '(\w+)' does not accept option '([^']+)'", text)
+    if unknown:
+        keys = [word.split("=")[0] for word in unknown.group(1).split() if word.startswith("--")]
+    elif config_key:
+        keys = ["--" + config_key.group(2)]
+    else:
+        return None
+    subparsers = _subcommand_parsers(parser)
+    subcommand = config_key.group(1) if config_key else next(
+        (a for a in (args or []) if isinstance(a, str) and a in subparsers), None)
+    options = _option_strings(subparsers.get(subcommand, parser))
+    if not keys:
+        return None
+    if keys[0] == "--model.help":  # the model is not chosen by class: GLNetModule always
+        return ("the model is always GLNetModule: its options are in glnet fit --help (--model.*); the network's "
+                "settings: --model.backbone.help glnet_stl (or any named model, GLNetArgs, TimmModel)")
+    where = f"{parser.prog} {subcommand} --help" if subcommand else f"{parser.prog} --help"
+    return "; ".join(f"unknown option {key}{did_you_mean(key, options)}" for key in keys) + f" (see {where})"
+
+
+def _subcommand_parsers(parser: Any) -> dict[str, Any]:
+    """``{"fit": parser, ...}``: argparse keeps sub-parsers as the ``choices`` of its sub-command action."""
+    for action in getattr(parser, "_actions", []):
+        if isinstance(getattr(action, "choices", None), dict):
+            return dict(action.choices)
+    return {}
+
+
+def _option_strings(parser: Any) -> list[str]:
+    return [o for action in getattr(parser, "_actions", []) for o in action.option_strings if o.startswith("--")]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -158,10 +193,52 @@ def _union_reason(text: str) -> str:
     return text
 
 
-class GLNetTrainer(Trainer):
-    """Lightning's ``Trainer``, with its batch-count options typed ``int | float`` in that order.
+def plain(text: str) -> str:
+    """Docstring markup as plain words: ``x`` and :role:`x` -> x, :class:`~a.b.C` -> C."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rpartition(".")[2] if m.group(0)[m.group(0).index("`") + 1] == "~"
+                  else m.group(1), text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
 
-    Why: Lightning annotates them ``Optional[Union[int, float]]``, but ``typing`` caches unions by
+
+class PlainHelpFormatter(DefaultHelpFormatter):
+    """``--help`` in plain words: the help of Lightning's and our classes comes from docstrings written
+    for Sphinx."""
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(plain(text) if text else text)
+
+    def start_section(self, heading: str | None) -> None:
+        super().start_section(plain(heading) if heading else heading)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Line breaks of descriptions and the epilog stay (lists, aligned options); long lines wrap."""
+        return "\n".join(indent + line if line.startswith(" ") else
+                         super(PlainHelpFormatter, self)._fill_text(line, width, indent) for line in text.splitlines())
+
+    def _get_help_string(self, action) -> str | None:
+        text = super()._get_help_string(action)
+        return plain(text) if text else text
+
+
+#: The end of ``glnet fit|validate|test|predict --help``: the data options live in the data module
+#: chosen by ``--data`` (or the config), which the generic help cannot list.
+DATA_EPILOG = """data: the config's data module, or --data CLASS: FashionMNISTDataModule (configs/fashion_mnist.yaml)
+or ImageNetDataModule (configs/imagenet_*.yaml: an ImageNet-style folder tree or litdata shards). Their options:
+  --data.root DIR          where the images are (ImageNet: DIR/train/<class>/*, DIR/val/<class>/*)
+  --data.batch_size N      images per device and step
+  --data.image_size PX     input side in pixels (a multiple of the model's stride, 32)
+  --data.num_workers N     loader processes
+every option with its default: --data.help ImageNetDataModule (or FashionMNISTDataModule)
+the network's settings: --model.backbone.help glnet_stl
+a config with every value: --print_config
+no GPU here? add --trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto
+--trainer.precision 32-true"""
+
+
+class GLNetTrainer(Trainer):
+    """Lightning's Trainer: devices, precision, epochs and steps, logging.
+
+    Why a subclass: its batch-count options are typed ``int | float`` in that order. Lightning annotates them ``Optional[Union[int, float]]``, but ``typing`` caches unions by
     unordered equality, so depending on what was imported first the annotation comes back as
     ``Union[float, int, None]``, and jsonargparse then reads ``--trainer.limit_train_batches 1`` as
     1.0: the whole epoch instead of one batch. A ``|`` union keeps its order.
@@ -188,22 +265,31 @@ class GLNetCLI(LightningCLI):
     """LightningCLI with :class:`GLNetModule` as the model and any LightningDataModule as ``data``."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
-        parser_kwargs = {"exit_on_error": False, **kwargs.pop("parser_kwargs", {})}
+        # allow_abbrev: no prefix matching, so a typo (--trainer.max_step) cannot set another option
+        # (jsonargparse gives the sub-command parsers the main parser's formatter)
+        parser_kwargs = {"exit_on_error": False, "allow_abbrev": False, "formatter_class": PlainHelpFormatter,
+                         **kwargs.pop("parser_kwargs", {})}
         kwargs.setdefault("save_config_callback", SaveFitConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config
         kwargs.setdefault("trainer_class", GLNetTrainer)
-        super().__init__(
-            GLNetModule,
-            LightningDataModule,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            parser_kwargs=parser_kwargs,
-            args=args,
-            **kwargs,
-        )
+        try:  # LightningCLI runs the subcommand inside __init__
+            super().__init__(
+                GLNetModule,
+                LightningDataModule,
+                subclass_mode_data=True,
+                auto_configure_optimizers=False,
+                parser_kwargs=parser_kwargs,
+                args=args,
+                **kwargs,
+            )
+        except (Exception, SIGTERMException) as exc:
+            if getattr(self, "trainer", None) is not None:  # built: the error is the run's
+                self._raise_run_error(exc)
+            raise
 
     # ------------------------------------------------------------------ parsing
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.epilog = DATA_EPILOG
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({f"checkpoint.{k}": v for k, v in CHECKPOINT_DEFAULTS.items()})
         parser.link_arguments("data", "model.num_classes", compute_fn=_num_classes_of, apply_on="instantiate")
@@ -223,7 +309,7 @@ class GLNetCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as exc:
-            raise ConfigError(_one_line(exc)) from exc
+            raise ConfigError(_unknown_key_message(parser, args, str(exc)) or _one_line(exc)) from exc
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         model = config.get("model")
@@ -236,6 +322,8 @@ class GLNetCLI(LightningCLI):
             raise ConfigError(f"model.backbone: {_one_line(exc)}") from exc
         if config.get("trainer") is not None and not config.trainer.get("default_root_dir"):
             config.trainer.default_root_dir = os.path.join(RUNS_DIR, description.name)
+        if subcommand == "fit":
+            _check_run_dir(config)
         _check_image_size(config.get("data"), backbone)
         init_weights = model.get("init_weights")
         if init_weights and not config.get("ckpt_path") and not Path(init_weights).expanduser().is_file():
@@ -248,29 +336,25 @@ class GLNetCLI(LightningCLI):
         except _CONFIG_ERRORS as exc:
             raise ConfigError(_one_line(exc)) from exc
 
-    def _run_subcommand(self, subcommand: str) -> None:
-        """Run the Trainer method; a missing or malformed data set, a diverged loss, a failed checkpoint
-        write or a checkpoint (or init_weights file) of another architecture is one error line; SIGTERM
-        exits with 143."""
+    def _raise_run_error(self, exc: BaseException) -> None:
+        """What ended the Trainer method, when the user can act on it: a missing or malformed data set, a
+        diverged loss, a failed checkpoint write or a checkpoint (or init_weights file) of another
+        architecture is one error line; SIGTERM exits with 143. Returns for anything else."""
         from glnet_lightning.data import DatasetLayoutError, UnreadableImageError
 
-        try:
-            super()._run_subcommand(subcommand)
-        except (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError) as exc:
-            raise ConfigError(_one_line(exc)) from exc
-        except (TrainingDiverged, CheckpointWriteError, WeightsError) as exc:
-            raise RunError(_one_line(exc)) from exc
-        except RuntimeError as exc:
-            # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds
-            # the model from the file's hyper-parameters; "last"/"best"/"hpc" are resolved later.)
-            reason = self.trainer.ckpt_path and "Error(s) in loading state_dict" in str(exc) and \
-                checkpoint_mismatch(self.trainer.ckpt_path, self.model)
-            if reason:
-                raise RunError(reason) from exc
-            raise
-        except SIGTERMException:
+        if isinstance(exc, SIGTERMException):
             self._report_preemption()
             raise SystemExit(SIGTERM_EXIT_CODE) from None
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError)):
+            raise ConfigError(_one_line(exc)) from exc
+        if isinstance(exc, (TrainingDiverged, CheckpointWriteError, WeightsError)):
+            raise RunError(_one_line(exc)) from exc
+        # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds the
+        # model from the file's hyper-parameters; "last"/"best"/"hpc" are resolved later.)
+        if isinstance(exc, RuntimeError) and self.trainer.ckpt_path and "Error(s) in loading state_dict" in str(exc):
+            reason = checkpoint_mismatch(self.trainer.ckpt_path, self.model)
+            if reason:
+                raise RunError(reason) from exc
 
     def _report_preemption(self) -> None:
         saved = next((cb for cb in self.trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None)
@@ -283,7 +367,9 @@ class GLNetCLI(LightningCLI):
         print(f"{self.parser.prog}: stopped by SIGTERM: {what}", file=sys.stderr, flush=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_config = self._get(self.config_init, "trainer", default={})
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = config.get("trainer") or {}
+        _check_devices(trainer_config)  # after the data module: a wrong --data.root is named first
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = TensorBoardLogger(
                 save_dir=trainer_config.get("default_root_dir") or os.getcwd(), name="", version="",
@@ -309,10 +395,11 @@ class GLNetCLI(LightningCLI):
 def build_cli(args: list[str]) -> GLNetCLI:
     """``GLNetCLI(args, run=False)``: model, data module and trainer built, nothing run.
 
-    The sweep runners' own command-line options are hidden from it, as LightningCLI would
-    otherwise warn that they are ignored.
+    LightningCLI's warning that the process's own command line (a sweep runner's options) is not
+    what it parses is silenced: ``args`` is the whole configuration.
     """
-    with mock.patch.object(sys, "argv", sys.argv[:1]):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         return GLNetCLI(args=args, run=False)
 
 
@@ -336,6 +423,43 @@ def check_run_config(config: Mapping[str, Any]) -> None:
             build_cli(["--config", str(path)])
         finally:
             seed_log.setLevel(level)
+
+
+#: What makes a GPU recipe run on this machine's CPU instead (stated next to the commands in the README).
+CPU_OVERRIDES = "--trainer.accelerator cpu --trainer.devices 1 --trainer.strategy auto --trainer.precision 32-true"
+
+
+def _check_devices(trainer: Any) -> None:
+    """A GPU recipe (the ImageNet configs: 8 GPUs, DDP, bf16) on a machine without as many CUDA GPUs
+    stops with one line naming the overrides that run it here, instead of Lightning's "No supported
+    gpu backend found!"."""
+    if trainer is None or str(trainer.get("accelerator")) not in ("gpu", "cuda"):
+        return
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = trainer.get("devices")
+    wanted = len(devices) if isinstance(devices, (list, tuple)) else \
+        int(devices) if isinstance(devices, int) or str(devices).isdigit() else None
+    if found == 0:
+        raise ConfigError(f"trainer.accelerator={trainer.get('accelerator')} but this machine has no CUDA GPU; "
+                          f"to run on its CPU add {CPU_OVERRIDES}")
+    if wanted is not None and wanted > found:
+        raise ConfigError(f"trainer.devices={devices} but this machine has {found} CUDA GPU(s); add "
+                          f"--trainer.devices {found} (the learning rate follows the global batch) or run where "
+                          f"there are {wanted}")
+
+
+def _check_run_dir(config: Any) -> None:
+    """One directory is one run: a fresh ``fit`` into a directory that holds a run's ``last.ckpt`` stops with
+    one line saying how to resume it or where to write instead (rather than mixing two runs' events and
+    checkpoints, or versioning them as ``last-v1.ckpt``)."""
+    trainer = config.get("trainer") or {}
+    root = trainer.get("default_root_dir")
+    if config.get("ckpt_path") or not root:
+        return
+    last = Path(root).expanduser() / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        raise ConfigError(f"{root} already holds a run ({last}): resume it with --ckpt_path last, or start another "
+                          f"in a new directory with --trainer.default_root_dir DIR")
 
 
 def _as_list(value: Any) -> list:

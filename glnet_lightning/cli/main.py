@@ -13,7 +13,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import exit_code, report
+from glnet_lightning.errors import did_you_mean
+
+from .errors import USAGE_ERROR, exit_code, report
 
 __all__ = ["main", "lightning_main", "COMMANDS", "Command"]
 
@@ -61,11 +63,10 @@ def _group(name: str, subcommands: dict[str, Callable[[list[str]], int]]) -> Cal
     def run(args: list[str]) -> int:
         if not args or args[0] in ("-h", "--help"):
             print(f"usage: glnet {name} {{{','.join(subcommands)}}} ...  (glnet {name} <sub-command> --help)")
-            return 0 if args else 2
+            return 0 if args else USAGE_ERROR
         if args[0] not in subcommands:
-            print(f"glnet {name}: error: unknown sub-command {args[0]!r}; choose from {', '.join(subcommands)}",
-                  file=sys.stderr)
-            return 2
+            return report(f"glnet {name}", f"unknown sub-command {args[0]!r}{did_you_mean(args[0], subcommands)}; "
+                                           f"choose from {', '.join(subcommands)}")
         return subcommands[args[0]](args[1:])
 
     return run
@@ -77,20 +78,20 @@ COMMANDS: dict[str, Command] = {
     "test": Command("evaluate on the test set (LightningCLI)", _training("test")),
     "predict": Command("write class probabilities to <default_root_dir>/predictions.pt (LightningCLI)",
                        _training("predict")),
-    "bench": Command("throughput, memory and FLOPs of models (see glnet bench --help)", _lazy("glnet_lightning.bench.cli", "main")),
+    "bench": Command("throughput, memory and FLOPs of models (see glnet bench --help)", _lazy("glnet_lightning.cli.bench", "main")),
     "sweep": Command("ablation grid runner and Optuna search: sweep grid|optuna|report", _group("sweep", {
-        "grid": _lazy("glnet_lightning.sweeps.cli", "grid_main"),
-        "optuna": _lazy("glnet_lightning.sweeps.cli", "optuna_main"),
-        "report": _lazy("glnet_lightning.sweeps.cli", "report_main"),
+        "grid": _lazy("glnet_lightning.cli.sweep", "grid_main"),
+        "optuna": _lazy("glnet_lightning.cli.sweep", "optuna_main"),
+        "report": _lazy("glnet_lightning.cli.sweep", "report_main"),
     })),
     "ablation": Command("the paper's ablation table beside measured figures: ablation table SWEEP_FILE",
-                        _group("ablation", {"table": _lazy("glnet_lightning.sweeps.cli", "ablation_main")})),
+                        _group("ablation", {"table": _lazy("glnet_lightning.cli.sweep", "ablation_main")})),
     "export": Command("a checkpoint as ONNX or torch.export (.pt2), checked against eager (see glnet export --help)",
-                      _lazy("glnet_lightning.export", "main")),
+                      _lazy("glnet_lightning.cli.export", "main")),
     "viz": Command("slot-assignment figures of a checkpoint as PNG files (see glnet viz --help)",
-                   _lazy("glnet_lightning.analysis.viz_cli", "main")),
+                   _lazy("glnet_lightning.cli.viz", "main")),
     "data": Command("data set tools: data prepare (write litdata shards from an ImageNet-style folder)",
-                    _group("data", {"prepare": _lazy("glnet_lightning.data.prepare_cli", "main")})),
+                    _group("data", {"prepare": _lazy("glnet_lightning.cli.data", "main")})),
 }
 
 
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
-        return 0 if args else 2
+        return 0 if args else USAGE_ERROR
     if args[0] == "--version":
         from glnet_lightning import __version__
 
@@ -123,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command = COMMANDS.get(args[0])
     if command is None:
-        print(f"glnet: error: unknown command {args[0]!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
+        return report("glnet", f"unknown command {args[0]!r}{did_you_mean(args[0], COMMANDS)}; "
+                               f"choose from {', '.join(COMMANDS)}")
     return command.run(args[1:])
 
 

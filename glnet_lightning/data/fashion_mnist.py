@@ -3,8 +3,11 @@
 Why: Fashion-MNIST is the small, offline-available stand-in for ImageNet in this
 repo (smoke tests, sweeps on CPU). The Debian ``dataset-fashion-mnist`` package
 is preferred so nothing is downloaded; torchvision's downloader is only the
-fallback. All pixel work (resize, 1 -> 3 channels, augmentation, normalisation)
-happens on whole batches of tensors in :class:`GrayscaleBatchCollate`.
+fallback, and only into the per-user cache: a ``root`` given by the user must
+already hold the files, so a mistyped ``--data.root`` is one error line when the
+module is built (before any data is read), not a download into the wrong place.
+All pixel work (resize, 1 -> 3 channels, augmentation, normalisation) happens on
+whole batches of tensors in :class:`GrayscaleBatchCollate`.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from glnet_lightning.errors import UserError
+
 from .collate import GrayscaleBatchCollate
 from .idx import read_idx
 from .in_memory import InMemoryImageDataset
@@ -22,6 +27,7 @@ from .resumable import resumable_loader
 
 __all__ = [
     "FashionMNISTDataModule",
+    "FashionMNISTNotFoundError",
     "find_system_fashion_mnist",
     "locate_fashion_mnist_files",
     "load_fashion_mnist_split",
@@ -51,6 +57,17 @@ PIXEL_MEAN = 0.2860
 PIXEL_STD = 0.3530
 
 
+class FashionMNISTNotFoundError(UserError, FileNotFoundError):
+    """The four IDX files are not where the module was told (or allowed) to look; the message says how to get them."""
+
+
+def _how_to_get_the_files() -> str:
+    """The way out, for every message that says the files are missing."""
+    names = [base + "[.gz]" for base in FILE_NAMES.values()]
+    return (f"install the Debian package dataset-fashion-mnist (its files go to {SYSTEM_DIRS[0]}, used when "
+            f"--data.root is unset) or point --data.root at a folder holding {', '.join(names[:-1])} and {names[-1]}")
+
+
 def default_cache_dir() -> Path:
     """Per-user download location used when no system copy exists."""
     return Path.home() / ".cache" / "glnet_lightning" / "fashion_mnist"
@@ -66,27 +83,30 @@ def _find_file(directory: Path, base: str) -> Path | None:
     return None
 
 
-def locate_fashion_mnist_files(directory: str | Path) -> dict[str, Path]:
-    """Map each role in ``FILE_NAMES`` to its file in ``directory``; raise ``FileNotFoundError`` if any is missing."""
-    directory = Path(directory).expanduser()
+def _what_is_missing(directory: Path) -> str | None:
+    """Why ``directory`` is not a Fashion-MNIST folder (it does not exist, or which files it lacks), or None."""
+    if not directory.exists():
+        return f"{directory} does not exist"
     if not directory.is_dir():
-        raise FileNotFoundError(f"Fashion-MNIST directory {directory} does not exist or is not a directory")
-    found = {role: _find_file(directory, base) for role, base in FILE_NAMES.items()}
-    missing = [FILE_NAMES[role] + "[.gz]" for role, path in found.items() if path is None]
+        return f"{directory} is not a directory"
+    missing = [base + "[.gz]" for base in FILE_NAMES.values() if _find_file(directory, base) is None]
     if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST directory {directory} is missing {', '.join(missing)} "
-            "(looked in the directory itself and in FashionMNIST/raw/)"
-        )
-    return found  # type: ignore[return-value]
+        return f"{directory} (or its FashionMNIST/raw/) has no {', '.join(missing)}"
+    return None
+
+
+def locate_fashion_mnist_files(directory: str | Path) -> dict[str, Path]:
+    """Map each role in ``FILE_NAMES`` to its file in ``directory``; a :class:`FashionMNISTNotFoundError`
+    (a ``FileNotFoundError``) naming what is missing otherwise."""
+    directory = Path(directory).expanduser()
+    reason = _what_is_missing(directory)
+    if reason is not None:
+        raise FashionMNISTNotFoundError(f"no Fashion-MNIST: {reason}")
+    return {role: _find_file(directory, base) for role, base in FILE_NAMES.items()}  # type: ignore[misc]
 
 
 def _has_all_files(directory: Path) -> bool:
-    try:
-        locate_fashion_mnist_files(directory)
-    except FileNotFoundError:
-        return False
-    return True
+    return _what_is_missing(directory) is None
 
 
 def find_system_fashion_mnist() -> Path | None:
@@ -124,7 +144,9 @@ class FashionMNISTDataModule(LightningDataModule):
     Batches are ``(float32 (B, 3, image_size, image_size), int64 (B,))``, normalised with
     :attr:`mean` / :attr:`std`. ``root=None`` uses the Debian package files when present,
     otherwise ``~/.cache/glnet_lightning/fashion_mnist`` (downloaded there by
-    :meth:`prepare_data` if ``download``). ``predict`` iterates the test set.
+    :meth:`prepare_data` if ``download``). A ``root`` given must hold the four IDX files
+    (or torchvision's ``FashionMNIST/raw/`` below it): the constructor checks, nothing is
+    downloaded there. ``predict`` iterates the test set.
     Training batches get a random horizontal flip and, with ``crop_padding`` > 0 (None:
     ``image_size // 8``), a random crop from the zero-padded image; 0 keeps the flip only,
     which trains better for runs of only a few epochs.
@@ -166,7 +188,10 @@ class FashionMNISTDataModule(LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.crop_padding = None if crop_padding is None else int(crop_padding)
+        self.root_given = root is not None
         self.data_dir = self._resolve_data_dir(root)
+        if self.root_given or not self.download:
+            self._files()  # a wrong --data.root is one error line now, before anything runs
 
         self.train_set: InMemoryImageDataset | None = None
         self.val_set: InMemoryImageDataset | None = None
@@ -181,33 +206,36 @@ class FashionMNISTDataModule(LightningDataModule):
         return find_system_fashion_mnist() or default_cache_dir()
 
     def _files(self) -> dict[str, Path]:
-        """The four IDX files, or a ``FileNotFoundError`` that says what is missing and how to get it."""
-        try:
+        """The four IDX files, or a :class:`FashionMNISTNotFoundError`: one line saying what was looked for
+        where, and how to get the files."""
+        reason = _what_is_missing(self.data_dir)
+        if reason is None:
             return locate_fashion_mnist_files(self.data_dir)
-        except FileNotFoundError as exc:
-            hint = (
-                " (download=True: call prepare_data() first, or let the Trainer do it)"
-                if self.download
-                else " and download=False; install the Debian package dataset-fashion-mnist or pass root="
-                "a directory holding the four IDX files"
+        if self.root_given:
+            raise FashionMNISTNotFoundError(f"--data.root {reason}; {_how_to_get_the_files()}")
+        if not self.download:
+            raise FashionMNISTNotFoundError(
+                f"no Fashion-MNIST in {', '.join(map(str, SYSTEM_DIRS))} or {self.data_dir}, and --data.download is "
+                f"false: set it true to download, or {_how_to_get_the_files()}"
             )
-            raise FileNotFoundError(f"{exc}{hint}") from None
+        raise FashionMNISTNotFoundError(f"no Fashion-MNIST yet: {reason}; call prepare_data() first (the Trainer does)")
 
     def prepare_data(self) -> None:
-        """Download into :attr:`data_dir` when the files are missing and ``download`` is set (rank 0 only)."""
+        """Download into the per-user cache when there is no copy and ``download`` is set (rank 0 only);
+        never into a ``root`` the user gave (the constructor has checked it holds the files)."""
         if _has_all_files(self.data_dir):
             return
-        if not self.download:
+        if self.root_given or not self.download:
             self._files()  # raises, naming the directory and the missing files
         from torchvision.datasets import FashionMNIST
 
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             FashionMNIST(str(self.data_dir), train=True, download=True)
-        except Exception as exc:  # network / disk errors come in many types; re-raise with the path and a way out
-            raise RuntimeError(
-                f"Could not download Fashion-MNIST into {self.data_dir}: {exc}. Offline, install the Debian package "
-                "dataset-fashion-mnist or pass root= a directory holding the four IDX files."
+        except Exception as exc:  # network / disk errors come in many types; one line with the path and a way out
+            raise FashionMNISTNotFoundError(
+                f"could not download Fashion-MNIST into {self.data_dir}: {' '.join(str(exc).split())}; offline, "
+                f"{_how_to_get_the_files()}"
             ) from exc
 
     def setup(self, stage: str | None = None) -> None:

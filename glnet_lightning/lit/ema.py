@@ -5,7 +5,8 @@ checkpoint's ``state_dict`` is exactly the trained model), the optimizer and DDP
 copy, and it is created where it must be — after Lightning has moved the model to its device.
 The averaging itself is timm's ``ModelEmaV3``; this class only adds lazy creation and the
 checkpoint round trip (``state_dict`` / ``load_state_dict``), including a state loaded before the
-copy exists (Lightning restores checkpoints before ``on_fit_start``).
+copy exists (Lightning restores checkpoints before ``on_fit_start``). Lightning's ``EMAWeightAveraging``
+validates and saves the average *instead of* the raw weights (docs/architecture.md says what it lacks).
 """
 from __future__ import annotations
 

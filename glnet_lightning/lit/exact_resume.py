@@ -23,11 +23,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from glnet_lightning.data.resumable import get_rng_states, set_rng_states
+
+from .lightning_internals import (load_train_loader_states, restart_train_iterator, set_sampler_epoch,
+                                  train_loader_states, train_loaders)
 
 __all__ = ["ExactResume"]
 
@@ -46,23 +48,21 @@ class ExactResume(Callback):
 
     def __init__(self) -> None:
         self._to_restore: dict[str, Any] | None = None
-        self._trainer = None
+        self._fit_trainer = None
 
     def state_dict(self) -> dict[str, Any]:
-        trainer = self._trainer
+        trainer = self._fit_trainer
         if trainer is None:  # never set up: nothing of a run to save
             return {}
-        fit_loop = trainer.fit_loop
-        loaders = fit_loop._combined_loader._state_dicts() if fit_loop._combined_loader is not None else []
         # all_gather_object pickles: tensors travel as CPU tensors and come back as such
-        ranks = _gather(trainer, {"rng": get_rng_states(), "loaders": loaders})
+        ranks = _gather(trainer, {"rng": get_rng_states(), "loaders": train_loader_states(trainer)})
         return {"world_size": trainer.world_size, "ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._to_restore = state_dict or None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        self._trainer = trainer  # state_dict() is called without the trainer
+        self._fit_trainer = trainer  # state_dict() is called without the trainer
 
     def on_train_start(self, trainer, pl_module) -> None:
         saved, self._to_restore = self._to_restore, None
@@ -75,7 +75,8 @@ class ExactResume(Callback):
             return
         mine = saved["ranks"][trainer.global_rank]
         rng = {k: torch.as_tensor(v) for k, v in mine["rng"].items()}
-        if not mine["loaders"] or fit_loop._combined_loader is None:
+        loaders = train_loaders(trainer)
+        if not mine["loaders"] or loaders is None:
             set_rng_states(rng)
             return
         progress = fit_loop.epoch_progress.current
@@ -85,12 +86,10 @@ class ExactResume(Callback):
         # restored iterator, without asking for a new one
         continues_in_next_epoch = at_epoch_end and progress.processed == progress.started
         epoch = progress.processed - 1 if continues_in_next_epoch else progress.processed  # the saved position's
-        loaders = fit_loop._combined_loader.flattened
         for loader in loaders:  # the restored position is in this epoch's order
-            _set_sampler_epoch(loader, epoch)
-        fit_loop._combined_loader._load_state_dicts(mine["loaders"])
-        fit_loop._combined_loader_states_to_load = []
-        iter(fit_loop._data_fetcher)  # a new iterator, from the loaded state
+            set_sampler_epoch(loader, epoch)
+        load_train_loader_states(trainer, mine["loaders"])
+        restart_train_iterator(trainer)  # a new iterator, from the loaded state
         set_rng_states(rng)
         if continues_in_next_epoch:
             # so start that epoch here, as the uninterrupted run did, after the random state (a new iterator
@@ -99,5 +98,5 @@ class ExactResume(Callback):
             # iterator: a second one here would have the workers prefetch, and draw augmentations, for batches
             # that are thrown away.
             for loader in loaders:
-                _set_sampler_epoch(loader, epoch + 1)
-            iter(fit_loop._data_fetcher)
+                set_sampler_epoch(loader, epoch + 1)
+            restart_train_iterator(trainer)

@@ -26,6 +26,7 @@ from glnet_lightning.models.layers import channels_last_conv_weights
 from glnet_lightning.models.weights import WEIGHTS_CHOICES, load_weights
 
 from .ema import EMA_CHECKPOINT_KEY, EmaWeights
+from .lightning_internals import attached_trainer
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
 from .nonfinite import NonFiniteLossGuard
 from .optim import build_adamw
@@ -271,7 +272,8 @@ class GLNetModule(LightningModule):
         # step ("Grad strides do not match bucket view strides"). Same values, matching strides.
         channels_last_conv_weights(self.model)
         # in place (nn.Module.compile): parameter names, checkpoints and the EMA copy stay those of the eager model
-        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        trainer = attached_trainer(self)
+        device = trainer.strategy.root_device if trainer is not None else self.device
         options = resolve_compile(self._compile_options, device)
         if self._compile_options == "auto":
             rank_zero_info(f"compile: auto -> {'torch.compile' if options is not None else 'eager'} on {device.type}")

@@ -12,6 +12,9 @@ all ranks:
   statistics) and tells :class:`GLNetModule` not to fold the step into the EMA. The batch still
   counts as a step for ``global_step`` and the lr schedule. Many skips in a row mean the run cannot
   recover, so the guard stops then.
+
+Lightning's ``SpikeDetection`` looks at the loss only after the optimizer step has used it
+(docs/architecture.md).
 """
 from __future__ import annotations
 

@@ -7,8 +7,6 @@ non-1-D ones itself via ``no_weight_decay()``. The split is timm's
 """
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
@@ -22,12 +20,10 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return set(fn()) if callable(fn) else set()
 
 
-def build_param_groups(model: nn.Module, weight_decay: float, extra_no_decay: Collection[str] = ()) -> list[dict]:
+def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups, ``weight_decay=0`` (norms, biases, ``no_weight_decay()`` names) and ``weight_decay``;
     each group also carries ``name`` ("no_decay" / "decay") for logging and tests."""
-    groups = param_groups_weight_decay(
-        model, weight_decay, no_weight_decay_list=no_weight_decay_names(model) | set(extra_no_decay)
-    )
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_names(model))
     for group in groups:
         group["name"] = "no_decay" if group["weight_decay"] == 0 else "decay"
     return groups

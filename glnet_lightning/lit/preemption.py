@@ -5,9 +5,10 @@ is finished, raises ``SIGTERMException`` out of the loops — without saving any
 pre-empted job loses everything since its last epoch-end checkpoint. This callback catches that
 exception in ``on_exception``, i.e. after the batch, its optimizer step, the EMA update and the
 progress counters are all complete, and writes the regular ``last.ckpt`` (atomically, through the
-Trainer's checkpoint IO). ``--ckpt_path last`` then resumes at exactly that step. Every DDP rank
-receives the exception at the same batch (Lightning broadcasts the signal), so the collective save
-is safe.
+Trainer's checkpoint IO). ``--ckpt_path last`` then resumes at exactly that step. Only that
+exception saves: any other error may come from the middle of a step, whose state must not replace
+the last good checkpoint. (Lightning's ``OnExceptionCheckpoint`` and ``ModelCheckpoint(save_on_exception)``
+do not make these choices: docs/architecture.md.)
 
 SLURM: Lightning's own auto-requeue uses a different signal. With ``#SBATCH --signal=USR1@120``
 Lightning saves ``hpc_ckpt_N.ckpt`` in the run directory and calls ``scontrol requeue``; SLURM then
@@ -28,41 +29,48 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .lightning_internals import mark_sigterm_received, sigterm_handlers_besides_lightnings
+
 __all__ = ["PreemptionCheckpoint"]
 
 
 class PreemptionCheckpoint(Callback):
     """On ``SIGTERMException`` during ``fit``, save ``<checkpoint dir>/last.ckpt``; remembers path and step.
 
-    Under DDP it also replaces Lightning 2.6's SIGTERM handler, which broadcasts from inside the signal
-    handler: that broadcast lands in the middle of whatever collective the rank is in (a gradient
-    all-reduce), the ranks' collectives no longer pair up and gloo aborts (seen as a rank dying with
-    SIGABRT instead of saving). The replacement only forwards the signal to the launched ranks and sets
-    the flag; Lightning's own per-batch broadcast of rank 0's flag makes every rank stop at the same
-    batch.
+    Under DDP every rank must stop after the same batch, or their collectives stop pairing up (a hang,
+    or gloo aborting a rank) before the collective save. Lightning 2.6's SIGTERM handler broadcasts from
+    inside the signal handler, which pairs with whatever collective another rank is blocked in (a
+    gradient all-reduce), and each rank also reads its own flag at the end of a batch, so a signal
+    forwarded between two ranks' checks stops them at different batches. Here the handler only notes the
+    signal (:attr:`requested`) and forwards it to the ranks this process launched; at the end of every
+    batch one all-reduce tells all ranks whether any was asked to stop, and all set Lightning's flag
+    together, so Lightning stops all of them after that batch.
     """
 
     def __init__(self) -> None:
         self.saved_path: str | None = None
         self.saved_step: int | None = None
+        self.requested = False  # a SIGTERM reached this process (under DDP: not yet agreed by the ranks)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.requested = False
         if trainer.world_size < 2 or threading.current_thread() is not threading.main_thread():
             return
-        connector = trainer._signal_connector
-        current = signal.getsignal(signal.SIGTERM)
-        others = [h for h in getattr(current, "signal_handlers", []) if getattr(h, "__func__", None)
-                  is not type(connector)._sigterm_notifier_fn]
+        others = sigterm_handlers_besides_lightnings(trainer)
 
-        def notify(signum, frame) -> None:
-            if not connector.received_sigterm and trainer.strategy.launcher is not None:
+        def note(signum, frame) -> None:
+            if not self.requested and trainer.strategy.launcher is not None:
                 trainer.strategy.launcher.kill(signum)  # rank 0 passes the notice on to the ranks it started
-            connector.received_sigterm = True
+            self.requested = True
             for handler in others:
                 if callable(handler):
                     handler(signum, frame)
 
-        signal.signal(signal.SIGTERM, notify)  # Lightning puts its original handlers back at teardown
+        signal.signal(signal.SIGTERM, note)  # Lightning puts its original handlers back at teardown
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(self.requested, all=False):
+            mark_sigterm_received(trainer)  # on every rank at this batch: Lightning stops them all after it
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:

@@ -20,6 +20,8 @@ import time
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .lightning_internals import last_checkpoint_skipped, save_last_checkpoint, saves_on_train_epoch_end
+
 __all__ = ["RunCheckpoint"]
 
 
@@ -45,14 +47,13 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_refresh = time.monotonic()
 
     def _refresh_last(self, trainer) -> None:
-        if (self.save_last and self._last_global_step_saved != trainer.global_step
-                and not self._should_skip_saving_checkpoint(trainer)):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and not last_checkpoint_skipped(self, trainer):  # skipped too if this step is saved
+            save_last_checkpoint(self, trainer)
         self._last_refresh = time.monotonic()
 
     def _ensure_last(self, trainer) -> None:
-        due = self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
-        if due:
+        every = self.every_n_epochs or 0
+        if every >= 1 and (trainer.current_epoch + 1) % every == 0:
             self._refresh_last(trainer)
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -70,12 +71,12 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._ensure_last(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._ensure_last(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -24,13 +24,13 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch import nn
 
 from .backbone import Backbone, register_backbone
-from .blocks import BLOCK_TYPES, GLMixBlock
-from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting
+from .blocks import BLOCK_TYPES, GLMixBlock, MHSANCHWBlock, TransformerBlock
+from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting, resolve_act_layer, resolve_norm_layer
 from .official import official_kwargs_to_ours
 from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal, resolve_strategy
 from .weights import Weights, WeightsError, classifier_note, mismatch, read_weights, weights_from
@@ -116,6 +116,17 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _log_ignored(ignored: dict[str, list[int]], why: str) -> None:
+    """One INFO line: the settings ignored, grouped by the stages they were ignored in."""
+    if not ignored:
+        return
+    groups: dict[tuple, list[str]] = {}
+    for key, stages_of_key in ignored.items():
+        groups.setdefault(tuple(stages_of_key), []).append(key)
+    notes = [f"{', '.join(keys)} (stage{'s' * (len(at) > 1)} {', '.join(map(str, at))})" for at, keys in groups.items()]
+    logger.info("GLNet: ignoring %s: %s", "; ".join(notes), why)
+
+
 class GLNetStage(nn.Module):
     """Downsampling (identity for the first stage, the stem runs before) followed by the blocks."""
 
@@ -146,6 +157,9 @@ class GLNet(nn.Module):
         cpe_kernel: kernel of the conditional position encoding in front of each block; 0 for none.
         mlp_dwconv: add a depthwise 3x3 conv inside the conv MLP (the 4G family).
         layer_scale: initial layer-scale value of the residual branches; None for no layer scale.
+        norm_layer: the blocks' norm on NCHW maps: a timm name (``layernorm2d``, ``rmsnorm2d``, ...) or class.
+        norm_layer_cl: the blocks' norm on tokens (attention blocks): a timm name (``layernorm``, ...) or class.
+        act_layer: the MLPs' activation: a timm name (``gelu``, ``relu``, ...) or class; the overlap stem keeps GELU.
         local: local-branch strategy spec (name, dict, ``class_path`` dict, object or ``none``).
         global_branch: global-branch strategy spec, ``slots`` or ``none``, same forms as ``local``.
         fusion: how the branches combine: ``parallel``, ``global_local``, ``local_global`` or a class.
@@ -161,7 +175,8 @@ class GLNet(nn.Module):
         drop_path_rate: stochastic depth rate, rising linearly to this value over all blocks.
 
     A shortcut set for a branch that is ``none`` is checked, then ignored with an INFO log line, so
-    a variant that drops a branch need not unset its settings.
+    a variant that drops a branch need not unset its settings; so are ``cpe_kernel`` and ``mlp_dwconv``
+    in 'mha' stages (the plain transformer block has neither, as in the reference).
     """
 
     def __init__(
@@ -176,6 +191,9 @@ class GLNet(nn.Module):
         cpe_kernel: int = 0,
         mlp_dwconv: bool = False,
         layer_scale: float | None = None,
+        norm_layer: Any = "layernorm2d",
+        norm_layer_cl: Any = "layernorm",
+        act_layer: Any = "gelu",
         local: Any = "dwconv",
         global_branch: Any = "slots",
         fusion: Any = "parallel",
@@ -212,6 +230,10 @@ class GLNet(nn.Module):
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
 
+        norm_2d = resolve_norm_layer(norm_layer, "norm_layer")
+        norm_cl = resolve_norm_layer(norm_layer_cl, "norm_layer_cl")
+        act = resolve_act_layer(act_layer)
+
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
@@ -225,6 +247,7 @@ class GLNet(nn.Module):
         stages, self.feature_info, reduction, cursor = [], [], 4, 0
         self.mixer_configs = []  # GLMixConfig or None per stage (no inline annotation: torch.jit.script warns on it)
         ignored: dict[str, list[int]] = {}  # shortcut -> stages where its branch is 'none'
+        unused_by_mha: dict[str, list[int]] = {}  # cpe_kernel / mlp_dwconv -> stages of 'mha' blocks
         for i in range(n):
             kinds = _block_kinds(stage_mixers[i], depths[i], i)
             config = None
@@ -237,28 +260,29 @@ class GLNet(nn.Module):
             if "mha" in kinds or "mha_nchw" in kinds or config is not None:
                 check_head_dim(dims[i], head_dim, f"stage {i} (dims[{i}])")
             self.mixer_configs.append(config)
-            blocks = [
-                BLOCK_TYPES[kind](
-                    dims[i], mixer=config, head_dim=head_dim, mlp_ratio=mlp_ratios[i], cpe_kernel=cpe_kernel,
-                    mlp_dwconv=mlp_dwconv, layer_scale_init=layer_scale, drop_path=drop_rates[cursor + j],
-                ) if kind == "glmix" else BLOCK_TYPES[kind](
-                    dims[i], head_dim=head_dim, mlp_ratio=mlp_ratios[i], cpe_kernel=cpe_kernel,
-                    mlp_dwconv=mlp_dwconv, layer_scale_init=layer_scale, drop_path=drop_rates[cursor + j],
-                )
-                for j, kind in enumerate(kinds)
-            ]
+            if "mha" in kinds:
+                for key in [k for k, v in (("cpe_kernel", cpe_kernel), ("mlp_dwconv", mlp_dwconv)) if v]:
+                    unused_by_mha.setdefault(key, []).append(i)
+            blocks = []
+            for j, kind in enumerate(kinds):
+                common = dict(head_dim=head_dim, mlp_ratio=mlp_ratios[i], layer_scale_init=layer_scale,
+                              drop_path=drop_rates[cursor + j], act_layer=act)
+                if kind == "glmix":
+                    block = GLMixBlock(dims[i], config, cpe_kernel=cpe_kernel, mlp_dwconv=mlp_dwconv,
+                                       norm_layer=norm_2d, **common)
+                elif kind == "mha_nchw":
+                    block = MHSANCHWBlock(dims[i], cpe_kernel=cpe_kernel, mlp_dwconv=mlp_dwconv, norm_layer=norm_2d,
+                                          norm_layer_cl=norm_cl, **common)
+                else:
+                    block = TransformerBlock(dims[i], norm_layer=norm_cl, **common)
+                blocks.append(block)
             cursor += depths[i]
             downsample = TRANSITIONS[transition](dims[i - 1], dims[i]) if i > 0 else None
             reduction *= 2 if i > 0 else 1
             stages.append(GLNetStage(downsample, blocks))
             self.feature_info.append(dict(num_chs=dims[i], reduction=reduction, module=f"stages.{i}"))
-        if ignored:  # one line: keys grouped by the stages they were ignored in
-            groups: dict[tuple, list[str]] = {}
-            for key, stages_of_key in ignored.items():
-                groups.setdefault(tuple(stages_of_key), []).append(key)
-            notes = [f"{', '.join(keys)} (stage{'s' * (len(at) > 1)} {', '.join(map(str, at))})"
-                     for at, keys in groups.items()]
-            logger.info("GLNet: ignoring %s: the branch they set up is 'none'", "; ".join(notes))
+        _log_ignored(ignored, "the branch they set up is 'none'")
+        _log_ignored(unused_by_mha, "'mha' blocks have no CPE and no hidden dwconv")
         self.stages = nn.Sequential(*stages)
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
@@ -367,10 +391,6 @@ class GLNet(nn.Module):
             self.reset_classifier(0, "")
         return take_indices
 
-    def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """All stage outputs before the final norm (NCHW, channels_last strides); kept for older callers."""
-        return self.forward_intermediates(x, intermediates_only=True)
-
     # ------------------------------------------------------------------ forward
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.stages(self.stem(_channels_last(x))))
@@ -407,19 +427,31 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet, weights: Weig
     return state_dict
 
 
+#: Where the published weights are: the origin repository links them; there is no download source here.
+PUBLISHED_WEIGHTS = "https://github.com/rayleizhu/GLMix"
+_WEIGHTS_FILES = f"a published GLNet checkpoint (linked from {PUBLISHED_WEIGHTS}) or a glnet fit checkpoint"
+
+
 def _create_glnet(variant: str, pretrained: bool = False, **kwargs) -> GLNet:
     filter_fn = checkpoint_filter_fn
-    overlay = kwargs.get("pretrained_cfg_overlay") or {}
-    if pretrained and overlay.get("file") and overlay.get("state_dict") is None:
-        # Read here, not by timm: timm takes model_ema before model and cannot read a fit .ckpt; weights.py
-        # takes what the file's authors evaluate (and names a missing file). The cfg's num_classes describes
-        # the file (the model's default, as for timm's own weights), so timm keeps the file's classifier
-        # exactly when the model has as many classes.
-        weights = read_weights(overlay["file"], "auto")
-        head = weights.state_dict.get("head.weight")
-        kwargs["pretrained_cfg_overlay"] = {**overlay, "state_dict": weights.state_dict,
-                                            **({"num_classes": head.shape[0]} if head is not None else {})}
-        filter_fn = functools.partial(checkpoint_filter_fn, weights=weights)
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")) \
+        if pretrained else None  # where the weights come from, as timm will resolve it
+    if cfg is not None and cfg.state_dict is None and cfg.source not in ("hf-hub", "local-dir"):
+        if not (cfg.file or cfg.url or cfg.hf_hub_id):
+            raise WeightsError(f"{variant} has no weights to download: pass "
+                               f"pretrained_cfg_overlay=dict(file=PATH) naming {_WEIGHTS_FILES}")
+        if cfg.file:
+            # Read here, not by timm: timm takes model_ema before model and cannot read a fit .ckpt; weights.py
+            # takes what the file's authors evaluate. The cfg's num_classes describes the file (the model's
+            # default, as for timm's own weights), so timm keeps the file's classifier exactly when the model
+            # has as many classes.
+            weights = read_weights(cfg.file, "auto", what="pretrained weights", missing=(
+                f": give pretrained_cfg_overlay=dict(file=...) the path of {_WEIGHTS_FILES}"))
+            head = weights.state_dict.get("head.weight")
+            kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}),
+                                                "state_dict": weights.state_dict,
+                                                **({"num_classes": head.shape[0]} if head is not None else {})}
+            filter_fn = functools.partial(checkpoint_filter_fn, weights=weights)
     model = build_model_with_cfg(
         GLNet, variant, pretrained,
         pretrained_filter_fn=filter_fn,
@@ -441,17 +473,18 @@ def _cfg(**kwargs) -> dict[str, Any]:
         "crop_pct": 0.875, "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "stem.0", "classifier": "head",
         "paper_ids": "arXiv:2411.14429", "paper_name": "Revisiting the Integration of Convolution and Attention for Vision Backbone",
-        "origin_url": "https://github.com/rayleizhu/GLMix",
+        "origin_url": PUBLISHED_WEIGHTS,
         **kwargs,
     }
 
 
+# No download source, so no pretrained tag: the weights come from a file the user points at (see _create_glnet).
 default_cfgs = generate_default_cfgs({
-    "glnet_stl.in1k": _cfg(),
-    "glnet_stl_paramslot.in1k": _cfg(),
-    "glnet_4g.in1k": _cfg(),
-    "glnet_9g.in1k": _cfg(),
-    "glnet_16g.in1k": _cfg(),
+    "glnet_stl": _cfg(),
+    "glnet_stl_paramslot": _cfg(),
+    "glnet_4g": _cfg(),
+    "glnet_9g": _cfg(),
+    "glnet_16g": _cfg(),
 })
 
 
@@ -514,6 +547,9 @@ class GLNetArgs(Backbone):
         cpe_kernel: kernel of the conditional position encoding before each block; 0 for none.
         mlp_dwconv: a depthwise 3x3 conv inside the MLP (the 4G family).
         layer_scale: initial layer-scale value of the residual branches; null for none.
+        norm_layer: the blocks' norm on NCHW maps, a timm norm name: layernorm2d, rmsnorm2d, ...
+        norm_layer_cl: the blocks' norm on tokens (attention blocks), a timm norm name: layernorm, rmsnorm, ...
+        act_layer: the MLPs' activation, a timm activation name: gelu, relu, silu, ...
         local: local branch: dwconv, window_mhsa, none, or a strategy mapping (name or class_path).
         global_branch: global branch: slots, none, or a strategy mapping.
         fusion: how the branches combine: parallel, global_local, local_global, or a strategy mapping.
@@ -536,6 +572,9 @@ class GLNetArgs(Backbone):
     cpe_kernel: int = 0
     mlp_dwconv: bool = False
     layer_scale: Optional[float] = None
+    norm_layer: str = "layernorm2d"
+    norm_layer_cl: str = "layernorm"
+    act_layer: str = "gelu"
     local: StageSpec = "dwconv"
     global_branch: StageSpec = "slots"
     fusion: StageSpec = "parallel"
@@ -551,6 +590,9 @@ class GLNetArgs(Backbone):
         # Spell every strategy out (a run records kmeans' iterations, not just 'kmeans'), and refuse a
         # strategy mapping that sets one of the description's own fields to another value.
         n = len(self.depths) if isinstance(self.depths, (list, tuple)) else 1
+        resolve_norm_layer(self.norm_layer, "norm_layer")  # a wrong name fails where it is given
+        resolve_norm_layer(self.norm_layer_cl, "norm_layer_cl")
+        resolve_act_layer(self.act_layer)
         for name, (kind, allow_none, own) in _STRATEGY_FIELDS.items():
             value = getattr(self, name)
             stages = _stage_values(value, n)

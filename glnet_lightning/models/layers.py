@@ -1,19 +1,43 @@
 """Small building blocks shared by the GLNet blocks.
 
 Everything here is generic (attention, MLPs, positional encoding, stems); the GLMix-specific
-math lives in ``slot_attention.py`` and the blocks in ``blocks.py``.
+math lives in ``slot_attention.py`` and the blocks in ``blocks.py``. Where timm's layers compute
+the same thing they are used (``Attention``, ``Mlp``, ``LayerNorm2d``, ``LayerScale``); what is
+here computes something of its own (CPU conv precision, 1x1 convs as GEMMs, the hidden dwconv).
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import Optional
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import Attention, LayerScale, LayerScale2d, get_act_layer, get_norm_layer, register_notrace_module
 from torch import nn
 
-LN_EPS = 1e-6  # every LayerNorm of GLNet (token or channels-first) uses this eps
+LN_EPS = 1e-6  # every norm of GLNet's blocks (token or channels-first) uses this eps
+
+
+def resolve_norm_layer(norm_layer: Any, option: str) -> Callable[[int], nn.Module]:
+    """A norm layer by timm name (``layernorm2d``, ``rmsnorm``, ...) or class, built with GLNet's eps."""
+    try:
+        return functools.partial(get_norm_layer(norm_layer), eps=LN_EPS)
+    except (KeyError, AssertionError, TypeError):
+        raise ValueError(f"{option}={norm_layer!r} is not a norm layer: give a name timm.layers.get_norm_layer "
+                         f"knows (layernorm2d, layernorm, rmsnorm2d, rmsnorm, ...) or a class") from None
+
+
+def resolve_act_layer(act_layer: Any) -> type[nn.Module]:
+    """An activation layer by timm name (``gelu``, ``relu``, ``silu``, ...) or class."""
+    try:
+        resolved = get_act_layer(act_layer)
+    except KeyError:
+        resolved = None
+    if resolved is None:
+        raise ValueError(f"act_layer={act_layer!r} is not an activation: give a name timm.layers.get_act_layer "
+                         f"knows (gelu, relu, silu, ...) or a class")
+    return resolved
 
 
 def is_exporting() -> bool:
@@ -30,39 +54,11 @@ def is_compiling() -> bool:
     return False
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channel dim of an NCHW tensor.
-
-    Normalising with ``F.layer_norm`` on a channels-last view keeps a single fused kernel and,
-    for channels_last inputs, the permutes are free views.
-    """
-
-    def __init__(self, num_channels: int, eps: float = LN_EPS):
-        super().__init__(num_channels, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class LayerScale(nn.Module):
-    """Per-channel learned scale; ``channel_dim`` says where channels sit (1 for NCHW, -1 for tokens)."""
-
-    def __init__(self, dim: int, init_value: float, channel_dim: int = 1):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_value)))
-        self.channel_dim = channel_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channel_dim == -1:
-            return x * self.gamma
-        return x * self.gamma.view(1, -1, 1, 1)
-
-
-def layer_scale(dim: int, init_value: float | None, channel_dim: int = 1) -> nn.Module:
-    """Identity unless a layer-scale value is configured (GLNet-16G uses 1e-4)."""
-    return LayerScale(dim, init_value, channel_dim) if init_value else nn.Identity()
+def layer_scale(dim: int, init_value: float | None, channels_first: bool = True) -> nn.Module:
+    """timm's per-channel learned scale (on NCHW maps or on tokens); identity unless a value is set (GLNet-16G: 1e-4)."""
+    if not init_value:
+        return nn.Identity()
+    return LayerScale2d(dim, init_value) if channels_first else LayerScale(dim, init_value)
 
 
 #: How :class:`Conv2d` runs under CPU autocast: ``auto`` follows autocast where oneDNN has
@@ -201,36 +197,24 @@ class ConvPosEnc(nn.Module):
 
 
 class ConvMlp(nn.Module):
-    """1x1 conv MLP on NCHW maps with an optional residual 3x3 depthwise conv on the hidden features."""
+    """1x1 conv MLP on NCHW maps with an optional residual 3x3 depthwise conv on the hidden features.
 
-    def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, drop: float = 0.0):
+    Ours, not timm's ConvMlp: that one has no hidden depthwise conv (the 4G family's) and runs its 1x1s
+    as ``nn.Conv2d``, where :class:`PointwiseConv` is a GEMM on the channels-last view.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, dwconv: bool = False, act_layer: type[nn.Module] = nn.GELU):
         super().__init__()
         self.fc1 = PointwiseConv(dim, hidden_dim)
         self.dwconv = Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim) if dwconv else None
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(drop)
+        self.act = act_layer()
         self.fc2 = PointwiseConv(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
         if self.dwconv is not None:
             x = x + self.dwconv(x)
-        x = self.drop(self.act(x))
-        return self.drop(self.fc2(x))
-
-
-class TokenMlp(nn.Module):
-    """Linear-GELU-Linear MLP on (..., C) tokens."""
-
-    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.fc2(self.act(x))
 
 
 def check_head_dim(dim: int, head_dim: int, where: str) -> int:
@@ -243,29 +227,13 @@ def check_head_dim(dim: int, head_dim: int, where: str) -> int:
     return dim // head_dim
 
 
-class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention on (B, N, C) tokens through ``scaled_dot_product_attention``.
+def self_attention(dim: int, head_dim: int) -> Attention:
+    """timm's multi-head self-attention on (B, N, C) tokens with ``head_dim`` channels per head.
 
-    The fused ``qkv`` projection keeps q, k, v in that order, as ``nn.MultiheadAttention`` packs
-    its ``in_proj_weight``, so published weights map one-to-one.
+    With the q/k/v bias of the reference's ``nn.MultiheadAttention``, whose packed ``in_proj`` (q, k, v
+    in that order) is timm's ``qkv``: published weights map one-to-one.
     """
-
-    def __init__(self, dim: int, head_dim: int = 32, attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        self.num_heads = check_head_dim(dim, head_dim, "attention")
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x: torch.Tensor, attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0
-        )
-        x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+    return Attention(dim, num_heads=check_head_dim(dim, head_dim, "attention"), qkv_bias=True)
 
 
 def patch_stem(in_chans: int, dim: int) -> nn.Sequential:

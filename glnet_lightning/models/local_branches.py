@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
-from .layers import Conv2d, MultiHeadSelfAttention, PointwiseConv
+from .layers import Conv2d, PointwiseConv, self_attention
 
 
 class DWConvBranch(nn.Module):
@@ -47,7 +47,7 @@ class WindowAttentionBranch(nn.Module):
     def __init__(self, dim: int, head_dim: int = 32, window_size: int = 7):
         super().__init__()
         self.window_size = window_size
-        self.attn = MultiHeadSelfAttention(dim, head_dim)
+        self.attn = self_attention(dim, head_dim)
         self.rel_pos_bias = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, self.attn.num_heads))
         nn.init.trunc_normal_(self.rel_pos_bias, std=0.02)
         self.register_buffer("rel_pos_index", relative_position_index(window_size), persistent=False)
@@ -60,6 +60,6 @@ class WindowAttentionBranch(nn.Module):
         # (B, C, Hp, Wp) -> (B * nH * nW, w*w, C)
         windows = x.view(B, C, Hp // w, w, Wp // w, w).permute(0, 2, 4, 3, 5, 1).reshape(-1, w * w, C)
         bias = self.rel_pos_bias[self.rel_pos_index].permute(2, 0, 1).unsqueeze(0).to(windows.dtype)
-        windows = self.attn(windows, attn_bias=bias)
+        windows = self.attn(windows, attn_mask=bias)
         x = windows.view(B, Hp // w, Wp // w, w, w, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, Hp, Wp)
         return x[:, :, :H, :W]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import MultiHeadSelfAttention, is_exporting
+from .layers import is_exporting, self_attention
 
 
 def pixels_of(x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ class SlotAttentionBranch(nn.Module):
         super().__init__()
         self.slot_init = slot_init
         self.clustering = clustering
-        self.relation = MultiHeadSelfAttention(dim, head_dim)
+        self.relation = self_attention(dim, head_dim)
         self.record_assignment = False
         self.assignment = None
 

@@ -473,19 +473,10 @@ class ParallelFusion(FusionStrategy):
         return ParallelMixer(local_branch, global_branch)
 
 
-class _ChainedFusion(FusionStrategy):
-    def validate(self, has_local: bool, has_global: bool) -> None:
-        if not (has_local and has_global):
-            raise ValueError(
-                f"fusion={_label(type(self))!r} chains both branches, but one of them is 'none'; use fusion='parallel' "
-                f"for a single-branch block"
-            )
-
-
 @register("fusion", "global_local")
 @dataclass(frozen=True)
-class GlobalThenLocalFusion(_ChainedFusion):
-    """Ablation: the local branch refines the global branch's output."""
+class GlobalThenLocalFusion(FusionStrategy):
+    """Ablation: the local branch refines the global branch's output (needs both branches)."""
 
     def build(self, dim: int, local_branch: nn.Module | None, global_branch: nn.Module | None) -> GLMixer:
         return GlobalThenLocalMixer(local_branch, global_branch)
@@ -493,8 +484,8 @@ class GlobalThenLocalFusion(_ChainedFusion):
 
 @register("fusion", "local_global")
 @dataclass(frozen=True)
-class LocalThenGlobalFusion(_ChainedFusion):
-    """Ablation: the global branch refines the local branch's output."""
+class LocalThenGlobalFusion(FusionStrategy):
+    """Ablation: the global branch refines the local branch's output (needs both branches)."""
 
     def build(self, dim: int, local_branch: nn.Module | None, global_branch: nn.Module | None) -> GLMixer:
         return LocalThenGlobalMixer(local_branch, global_branch)

@@ -42,15 +42,19 @@ class WeightsError(UserError, ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike, error: type[Exception] = WeightsError,
-                    name: str = "checkpoint") -> dict[str, Any]:
+                    name: str = "checkpoint", missing: str = "") -> dict[str, Any]:
     """The mapping saved in the file ``path`` (tensors on the CPU).
 
     Any problem with the file raises ``error`` naming it as ``name`` (``init_weights file``,
-    ``checkpoint``), so the user sees what to fix instead of torch's unpickling traceback.
+    ``checkpoint``), so the user sees what to fix instead of torch's unpickling traceback;
+    ``missing`` ends the message for a file that does not exist (what to do instead).
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise error(f"{name} {path} does not exist")
+        last = path.with_name("last.ckpt")
+        if path.name.startswith("best") and last.is_file() and not missing:  # a run that has not validated yet
+            missing = f"; a run writes {path.name} at its first validation, use {last} (its latest state)"
+        raise error(f"{name} {path} does not exist{missing}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a file that is not a checkpoint
@@ -154,12 +158,14 @@ def weights_from(checkpoint: Mapping[str, Any], choice: str = "auto", *, source:
 
 
 def read_weights(path: str | os.PathLike, choice: str = "auto", *, what: str = "weights",
-                 option: str = "--weights") -> Weights:
-    """The ``choice`` weights of the file ``path`` (see :func:`weights_from`); ``what`` names the file in errors."""
+                 option: str = "--weights", missing: str = "") -> Weights:
+    """The ``choice`` weights of the file ``path`` (see :func:`weights_from`); ``what`` names the file in errors,
+    ``missing`` ends the message for a file that does not exist."""
     if choice not in WEIGHTS_CHOICES:  # before reading a possibly large file
         raise WeightsError(f"{option} {choice!r}: choose one of {', '.join(WEIGHTS_CHOICES)}")
     path = Path(path).expanduser()
-    return weights_from(read_checkpoint(path, WeightsError, f"{what} file"), choice, source=str(path), option=option)
+    return weights_from(read_checkpoint(path, WeightsError, f"{what} file", missing), choice, source=str(path),
+                        option=option)
 
 
 # ------------------------------------------------------------------------------------------------ fit

@@ -1,6 +1,6 @@
 """Sweeps: sweep files (base config + per-variant overrides), the grid runner and the ablation table.
 
-``load_sweep`` is the entry point; the CLIs live in :mod:`glnet_lightning.sweeps.cli`. Config
+``load_sweep`` is the entry point; the commands live in :mod:`glnet_lightning.cli.sweep`. Config
 editing (``--set``) is :mod:`glnet_lightning.config_edit`, shared with every other command.
 """
 from .grid import GridRunner

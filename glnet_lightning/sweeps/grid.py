@@ -24,7 +24,7 @@ import yaml
 from .sweep_file import Sweep, Variant
 
 __all__ = ["GridRunner", "DEFAULT_FIT_COMMAND", "STATUS_FILE", "read_status", "find_last_checkpoint",
-           "slurm_script", "variant_commands"]
+           "glnet_command", "slurm_script", "variant_commands"]
 
 STATUS_FILE = "status.json"
 CONFIG_FILE = "sweep_config.yaml"
@@ -176,10 +176,22 @@ def _call_forwarding_sigterm(command: list[str], log) -> tuple[int, bool]:
     return code, bool(received)
 
 
+def glnet_command() -> list[str]:
+    """``glnet`` of the installation running now, as an absolute path: its console script beside the
+    interpreter (``.venv/bin/glnet``), else that interpreter with ``-m glnet_lightning``.
+
+    Why: a cluster job's shell has neither our virtual environment activated nor our ``PATH``; a bare
+    ``glnet`` or ``python3`` there is another Python, which has no ``glnet_lightning``.
+    """
+    script = Path(sys.executable).parent / "glnet"
+    if script.is_file():
+        return [str(script.absolute())]
+    return [str(Path(sys.executable).absolute()), "-m", "glnet_lightning"]
+
+
 def _grid_argv(sweep: Sweep, runs_dir: Path, extra_args: Sequence[str]) -> list[str]:
     """The runner command (before ``--only NAME``): a cluster task keeps skip/resume/status too."""
-    return [Path(sys.executable).name, "-m", "glnet_lightning.sweeps.cli", "grid", str(sweep.path),
-            "--runs", str(runs_dir), *extra_args]
+    return [*glnet_command(), "sweep", "grid", str(sweep.path), "--runs", str(runs_dir), *extra_args]
 
 
 def variant_commands(sweep: Sweep, variants: Sequence[Variant], runs_dir: Path,

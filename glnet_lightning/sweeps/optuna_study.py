@@ -43,6 +43,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -294,8 +295,12 @@ def _jsonable(value: Any) -> Any:
 class TrialRunner:
     """The objective: ``runner(trial)`` trains one configuration and returns its objective value(s)."""
 
-    def __init__(self, sweep: OptunaSweep, base_config: dict, sets: dict[str, Any] | None = None) -> None:
+    def __init__(self, sweep: OptunaSweep, base_config: dict, sets: dict[str, Any] | None = None, *,
+                 build_run: Callable[[list[str]], Any]) -> None:
         self.sweep = sweep
+        # ``glnet fit``'s builder (cli.lightning_cli.build_cli): args -> object with trainer, model and
+        # datamodule, nothing run. Passed in by the command, as this layer sits below the CLI.
+        self.build_run = build_run
         self.base_config = base_config
         self.sets = dict(sets or {})
         self._datamodules: dict[str, Any] = {}  # data config (YAML) -> data module, reused across trials
@@ -357,9 +362,7 @@ class TrialRunner:
 
     def _fit(self, trial: optuna.Trial, config: dict, config_path: Path, resume: Path | None = None
              ) -> float | list[float]:
-        from glnet_lightning.cli.lightning_cli import build_cli
-
-        cli = build_cli(["--config", str(config_path)])
+        cli = self.build_run(["--config", str(config_path)])
         trainer, module = cli.trainer, cli.model
         datamodule = self._datamodule(config, cli.datamodule)
         image_size = image_size_of(config)

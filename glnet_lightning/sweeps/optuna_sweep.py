@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from glnet_lightning.config_edit import ConfigEditError, find_relative
 from glnet_lightning.errors import UserError
+
+from .sweep_file import check_base, read_sweep_yaml
 
 __all__ = ["Param", "SearchSpace", "SpaceError", "parse_space", "Objective", "OptunaSweep", "OptunaSweepError",
            "load_optuna_sweep", "parse_objective", "MEASURED_METRICS"]
@@ -205,19 +205,14 @@ def load_optuna_sweep(path: str | Path, *, base: str | Path | None = None, runs_
                       study_name: str | None = None, objectives: list[str] | None = None) -> OptunaSweep:
     """Read and validate a sweep file; keyword arguments override the file (CLI options)."""
     path = Path(path)
-    try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise OptunaSweepError(f"cannot read sweep file {path}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise OptunaSweepError(f"{path}: expected a mapping")
+    raw = read_sweep_yaml(path, error=OptunaSweepError)
     unknown = set(raw) - _KEYS
     if unknown:
         raise OptunaSweepError(f"{path}: unknown keys {sorted(unknown)} (known: {sorted(_KEYS)})")
     if base is None and not raw.get("base"):
         raise OptunaSweepError(f"{path}: 'base' (the LightningCLI config each trial trains) is missing")
-    base_path = Path(base) if base is not None else find_relative(str(raw["base"]), path)
+    base_path = check_base(Path(base) if base is not None else find_relative(str(raw["base"]), path), path,
+                           from_option=base is not None, error=OptunaSweepError)
     try:
         space = parse_space(raw.get("search_space"))
     except ValueError as exc:

@@ -27,14 +27,52 @@ from typing import Any, Mapping
 import yaml
 
 from glnet_lightning.config_edit import ConfigEditError, apply_edits, find_relative, load_config
+from glnet_lightning.errors import close_matches
 
-__all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "load_sweep"]
+__all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "load_sweep", "read_sweep_yaml", "check_base"]
 
 _PAPER_KEYS = ("gflops", "params_m", "throughput", "top1")
 
 
 class SweepError(ConfigEditError):
     """A sweep file that cannot be used; the message names the culprit."""
+
+
+def _did_you_mean(path: Path) -> str:
+    """`` (did you mean sweeps/x.yaml?)`` for the YAML file named most like ``path`` beside it or in
+    ``sweeps/`` (the folder the README's commands name), or nothing."""
+    folders = dict.fromkeys(f for f in (path.parent, Path("sweeps")) if f.is_dir())
+    candidates = {f / c.name: c.name for f in folders for c in sorted(f.glob("*.y*ml")) if f / c.name != path}
+    match = close_matches(path.name, candidates.values())
+    found = next((str(p) for p, name in candidates.items() if match and name == match[0]), None)
+    return f" (did you mean {found}?)" if found else ""
+
+
+def read_sweep_yaml(path: Path, what: str = "sweep file", error: type[ConfigEditError] = SweepError) -> dict:
+    """The mapping in ``path``; a missing, unreadable or non-YAML file is one line naming it (``error``:
+    the caller's kind of sweep error)."""
+    if not path.is_file():
+        state = "is a directory" if path.is_dir() else "does not exist"
+        raise error(f"{what} {path} {state}{_did_you_mean(path)}")
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(raw, dict):
+        raise error(f"{what} {path} must be a YAML mapping of keys, not {type(raw).__name__}")
+    return raw
+
+
+def check_base(base: Path, path: Path, from_option: bool, error: type[ConfigEditError] = SweepError) -> Path:
+    """``base`` when it is a file, else one line: the ``--base`` option or the sweep file's ``base:`` at fault."""
+    if base.is_file():
+        return base
+    if from_option:
+        raise error(f"--base {base} does not exist{_did_you_mean(base)}")
+    raise error(f"{path}: base config {base} does not exist{_did_you_mean(base)} (pass another with --base)")
 
 
 @dataclass(frozen=True)
@@ -84,8 +122,6 @@ class Sweep:
 
     def base_config(self) -> dict[str, Any]:
         """The base config with its sub-config files inlined (see :func:`~glnet_lightning.config_edit.load_config`)."""
-        if not self.base.is_file():
-            raise SweepError(f"{self.path}: base config {self.base} does not exist (pass another with --base)")
         return load_config(self.base)
 
     def select(self, names: list[str] | None) -> list[Variant]:
@@ -123,8 +159,7 @@ def _raw_variants(raw: Any, path: Path) -> list:
     """The file's own ``variants`` list, or the one of the file named by ``variants_from``."""
     if isinstance(raw, dict) and isinstance(raw.get("variants_from"), str) and "variants" not in raw:
         source = path.parent / raw["variants_from"]
-        with open(source) as handle:
-            raw = yaml.safe_load(handle) or {}
+        raw = read_sweep_yaml(source, what=f"{path}: variants_from")
         path = source
     if not isinstance(raw, dict) or not isinstance(raw.get("variants"), list) or not raw["variants"]:
         raise SweepError(f"{path}: expected a mapping with a non-empty 'variants' list (or 'variants_from')")
@@ -132,10 +167,12 @@ def _raw_variants(raw: Any, path: Path) -> list:
 
 
 def load_sweep(path: str | Path, base: str | Path | None = None) -> Sweep:
-    """Read a sweep file; variants keep file order. ``base`` replaces the file's base config."""
+    """Read a sweep file; variants keep file order. ``base`` replaces the file's base config.
+
+    Every mistake in the file or in ``base`` (missing, not YAML, no variants, a base config that does
+    not exist) is a :class:`SweepError` naming the file, raised here, before anything runs."""
     path = Path(path)
-    with open(path) as handle:
-        raw = yaml.safe_load(handle) or {}
+    raw = read_sweep_yaml(path)
     variants = _raw_variants(raw, path)
     if base is None and not isinstance(raw.get("base"), str):
         raise SweepError(f"{path}: 'base' (the LightningCLI config the variants edit) is missing")
@@ -145,4 +182,5 @@ def load_sweep(path: str | Path, base: str | Path | None = None) -> Sweep:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SweepError(f"{path}: duplicate variant names {duplicates}")
+    check_base(sweep.base, path, from_option=base is not None)
     return sweep

@@ -12,7 +12,7 @@ from glnet_lightning.analysis.optuna_figures import study_figures, trials_frame
 from glnet_lightning.analysis.pareto import pareto_mask
 from glnet_lightning.analysis.run_figures import learning_curves, pareto_scatter
 from glnet_lightning.analysis.tb_runs import find_runs, read_scalars, summarise_runs
-from glnet_lightning.sweeps.reports import ablation_frame
+from glnet_lightning.sweeps.ablation_table import ablation_frame
 
 REPO_SWEEP = Path(__file__).resolve().parents[2] / "sweeps" / "ablation_fashion_mnist.yaml"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from glnet_lightning.analysis.viz_cli import main
+from glnet_lightning.cli.viz import main
 from glnet_lightning.cli.main import main as glnet_main
-from testkit import tiny, tiny_spec
+from testkit import published_state_dict, tiny, tiny_spec
 
 
 def test_help_lists_the_options(capsys):
@@ -56,15 +56,9 @@ def test_writes_slot_figures_and_comparison(tiny_runs, tmp_path, capsys):
 @pytest.mark.slow
 def test_published_checkpoint_is_recognised_without_a_model_name(conformance, tmp_path, capsys):
     """A file with the published GLNet-STL keys and shapes (random values) gives figures of blocks 2, 5, 10."""
-    import json
-
     import torch
 
-    rows = (line.split("\t") for line in (conformance / "glnet_stl.keys.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#"))
-    # positive values keep the BatchNorm variances valid
-    state = {key: torch.rand(json.loads(shape)) * 0.1 for key, shape in rows}
-    torch.save({"model": state}, tmp_path / "glnet_stl.pth")
+    torch.save({"model": published_state_dict(conformance, "glnet_stl")}, tmp_path / "glnet_stl.pth")
     out = tmp_path / "figures"
     assert main([str(tmp_path / "glnet_stl.pth"), "--images", "skimage:coffee", "--size", "64", "--out", str(out)]) == 0
     captured = capsys.readouterr()

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from glnet_lightning.bench.cli import main
+from glnet_lightning.cli.bench import main
 
 
 def _run(argv):

@@ -28,7 +28,7 @@ def test_bad_arguments_fail_with_a_message(argv, message, run_bench):
 
 def test_default_batch_size_follows_the_device(monkeypatch):
     """CUDA gets the paper's batch 128, a CPU 16; an explicit --batch-size always wins."""
-    from glnet_lightning.bench import cli
+    from glnet_lightning.cli import bench as cli
 
     parser = cli.build_parser()
     for cuda, expected in ((False, 16), (True, 128)):

@@ -52,7 +52,7 @@ def test_sweep_and_ablation_groups_are_dispatched(capsys):
     assert main(["ablation", "table", "--help"]) == 0
     capsys.readouterr()
     assert main(["sweep", "gird"]) == 2
-    assert "unknown sub-command 'gird'; choose from grid, optuna, report" in capsys.readouterr().err
+    assert "unknown sub-command 'gird' (did you mean grid?); choose from grid, optuna, report" in capsys.readouterr().err
 
 
 def test_a_batch_count_of_one_is_one_batch_not_the_whole_epoch(capsys):

@@ -14,7 +14,8 @@ from lightning.pytorch import LightningModule, Trainer
 
 from glnet_lightning.data import FashionMNISTDataModule, find_system_fashion_mnist
 from glnet_lightning.data.collate import GrayscaleBatchCollate
-from glnet_lightning.data.fashion_mnist import FILE_NAMES, locate_fashion_mnist_files
+from glnet_lightning.data.fashion_mnist import FILE_NAMES, FashionMNISTNotFoundError, locate_fashion_mnist_files
+from glnet_lightning.errors import UserError
 from glnet_lightning.data.idx import read_idx
 from glnet_lightning.data.tensor_ops import random_crop_flip
 
@@ -152,13 +153,39 @@ def test_flip_with_probability_one_mirrors():
 
 
 # -- errors ----------------------------------------------------------------------------------------
-def test_missing_root_gives_clear_error(tmp_path):
+@pytest.fixture
+def no_downloads(monkeypatch) -> list:
+    """torchvision's downloader, replaced by one that records that it was called (no network here)."""
+    import torchvision.datasets
+
+    calls = []
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", lambda *args, **kwargs: calls.append(args))
+    return calls
+
+
+@pytest.mark.parametrize("download", [True, False])
+def test_a_root_given_must_hold_the_files_and_is_never_downloaded_into(tmp_path, no_downloads, download):
+    """A mistyped root fails in the constructor (one line: the option, the path, the files, the package),
+    creates nothing and downloads nothing, whatever ``download`` says."""
     missing = tmp_path / "nowhere"
-    module = FashionMNISTDataModule(root=str(missing), download=False, num_workers=0)
-    with pytest.raises(FileNotFoundError, match=r"nowhere.*does not exist.*download=False"):
-        module.prepare_data()
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        module.setup("fit")
+    with pytest.raises(FashionMNISTNotFoundError) as info:
+        FashionMNISTDataModule(root=str(missing), download=download, num_workers=0)
+    message = str(info.value)
+    assert isinstance(info.value, UserError) and isinstance(info.value, FileNotFoundError)
+    assert message.startswith(f"--data.root {missing} does not exist;") and "\n" not in message
+    assert "dataset-fashion-mnist" in message and "t10k-labels-idx1-ubyte[.gz]" in message
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FashionMNISTNotFoundError, match=r"empty \(or its FashionMNIST/raw/\) has no train-images"):
+        FashionMNISTDataModule(root=str(tmp_path / "empty"), download=download, num_workers=0)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["empty"] and no_downloads == []
+
+
+def test_no_copy_anywhere_and_downloads_off_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr("glnet_lightning.data.fashion_mnist.SYSTEM_DIRS", (tmp_path / "no-system-copy",))
+    with pytest.raises(FashionMNISTNotFoundError, match=r"--data.download is false: set it true to download, or "
+                       r"install the Debian package dataset-fashion-mnist"):
+        FashionMNISTDataModule(num_workers=0, download=False)
 
 
 def test_root_without_files_lists_what_is_missing(tmp_path):
@@ -273,10 +300,12 @@ def test_failed_download_names_the_directory(tmp_path, monkeypatch):
     def offline(root, train=True, download=False):
         raise OSError("Temporary failure in name resolution")
 
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr("glnet_lightning.data.fashion_mnist.SYSTEM_DIRS", (tmp_path / "no-system-copy",))
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
-    module = FashionMNISTDataModule(root=str(tmp_path / "fm"), num_workers=0)
-    with pytest.raises(RuntimeError, match=r"Could not download Fashion-MNIST into .*fm: Temporary failure.*"
-                       r"dataset-fashion-mnist"):
+    module = FashionMNISTDataModule(num_workers=0)
+    with pytest.raises(FashionMNISTNotFoundError, match=r"could not download Fashion-MNIST into .*fashion_mnist: "
+                       r"Temporary failure.*dataset-fashion-mnist"):
         module.prepare_data()
 
 

@@ -19,7 +19,7 @@ from glnet_lightning.cli.main import main as glnet_main  # noqa: E402
 from glnet_lightning.data import ImageNetDataModule, UnreadableImageError  # noqa: E402
 from glnet_lightning.data.image_dataset import ImageFolderDataset  # noqa: E402
 from glnet_lightning.data.image_folder import validate_layout  # noqa: E402
-from glnet_lightning.data.prepare_cli import main as prepare_main, parse_size  # noqa: E402
+from glnet_lightning.cli.data import main as prepare_main, parse_size  # noqa: E402
 from glnet_lightning.data.streaming import StreamingImageDataset, decode_rgb, read_meta  # noqa: E402
 from testkit import BAD_FILES, BROKEN_TREE_CLASSES, save_jpeg
 

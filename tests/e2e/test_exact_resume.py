@@ -184,7 +184,7 @@ def test_imagenet_folder_resumes_to_the_same_weights(imagenet_tree, tmp_path):
 
 
 def test_imagenet_streaming_resumes_to_the_same_weights(imagenet_tree, tmp_path):
-    from glnet_lightning.data.prepare_cli import main as prepare_main
+    from glnet_lightning.cli.data import main as prepare_main
 
     shards = tmp_path / "shards"
     assert prepare_main(["--root", str(imagenet_tree), "--output", str(shards), "--workers", "1", "--quiet"]) == 0
@@ -207,7 +207,7 @@ def test_an_interrupted_ablation_variant_resumes_to_the_same_weights(fashion_mni
     """``glnet sweep grid`` killed in the middle of a variant (the runner and its fit, as a scheduler
     kills a job), then the same command again: the variant resumes from its ``last.ckpt`` and ends
     where the uninterrupted grid run of it ends. Fashion-MNIST with 2 loader workers."""
-    from glnet_lightning.sweeps.cli import grid_main
+    from glnet_lightning.cli.sweep import grid_main
 
     steps_per_epoch = 6
     sets = [*tiny_sets(), "trainer.max_epochs=2", f"trainer.limit_train_batches={steps_per_epoch}",

@@ -48,7 +48,7 @@ RUN_BY = {
 }
 
 #: sub-config files: each is run through the ImageNet configs that name it (checked below).
-SUB_CONFIGS = ["configs/imagenet/data.yaml", "configs/imagenet/trainer_1gpu.yaml", "configs/imagenet/trainer_8gpu.yaml"]
+SUB_CONFIGS = ["configs/imagenet/data.yaml", "configs/imagenet/trainer_8gpu.yaml"]
 
 
 def _values(run_dir: Path, tag: str) -> list[float]:

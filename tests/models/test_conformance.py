@@ -28,7 +28,7 @@ def test_every_fixture_is_covered(conformance):
 def test_stage_outputs_and_logits_match_reference(conformance, name):
     fixture, model = _load(conformance, name)
     with torch.no_grad():
-        stages = model.forward_stages(fixture["input"])
+        stages = model.forward_intermediates(fixture["input"], intermediates_only=True)
         logits = model(fixture["input"])
     assert len(stages) == len(fixture["stage_outputs"]) == 4
     for i, (ours, ref) in enumerate(zip(stages, fixture["stage_outputs"])):

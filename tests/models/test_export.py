@@ -11,7 +11,8 @@ import torch
 from torch.utils._sympy.numbers import int_oo
 
 import glnet_lightning  # noqa: F401  (registers the models)
-from glnet_lightning.export import (MIN_SIDE, StageOutputs, dynamic_shapes, export_model, load_exported, main,
+from glnet_lightning.cli.export import main
+from glnet_lightning.export import (MIN_SIDE, StageOutputs, dynamic_shapes, export_model, load_exported,
                                     verify_export, within_tolerance)
 from glnet_lightning.models.glnet import glnet_stl
 from testkit import tiny, tiny_named, tiny_named_models, tiny_spec

@@ -8,24 +8,12 @@ import timm
 import torch
 
 import glnet_lightning  # noqa: F401  (registers the models)
-from glnet_lightning.models import MODEL_NAMES
-from testkit import tiny, tiny_named
+from glnet_lightning.models import MODEL_NAMES, WeightsError
+from testkit import published_state_dict, tiny, tiny_named
 
 TINY = tiny(num_classes=3)
 # docs/design.md, section 2: parameters in millions at 1000 classes.
 PAPER_PARAMS_M = {"glnet_stl": 30.30, "glnet_stl_paramslot": 30.48, "glnet_4g": 27.00, "glnet_9g": 60.01, "glnet_16g": 106.06}
-
-
-def manifest_state_dict(conformance, name: str) -> dict[str, torch.Tensor]:
-    """A random state dict with exactly the keys and shapes of a published checkpoint."""
-    state = {}
-    for line in (conformance / f"{name}.keys.txt").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split("\t")
-        dims = [int(d) for d in re.findall(r"\d+", shape)]
-        state[key] = torch.randn(dims) if dims else torch.tensor(7)
-    return state
 
 
 def n_params_m(model) -> float:
@@ -46,7 +34,7 @@ def test_params_match_the_paper(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_published_layout_loads_strictly(conformance, name, tmp_path):
-    source = manifest_state_dict(conformance, name)
+    source = published_state_dict(conformance, name)
     path = tmp_path / f"{name}.pth"
     torch.save(source, path)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -59,7 +47,7 @@ def test_published_layout_loads_strictly(conformance, name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("nest", ["model", "state_dict", "model_ema"])
 def test_nested_checkpoints_load(conformance, nest, tmp_path):
-    source = manifest_state_dict(conformance, "glnet_stl")
+    source = published_state_dict(conformance, "glnet_stl")
     path = tmp_path / "ckpt.pth"
     torch.save({nest: source, "epoch": 299}, path)
     model = timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -68,7 +56,7 @@ def test_nested_checkpoints_load(conformance, nest, tmp_path):
 
 @pytest.mark.slow
 def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path):
-    source = manifest_state_dict(conformance, "glnet_stl")
+    source = published_state_dict(conformance, "glnet_stl")
     del source["stages.1.blocks.0.slot_scale"]
     torch.save(source, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match=r"bad.pth do not fit GLNet: 1 missing key\(s\): "
@@ -78,7 +66,7 @@ def test_missing_key_in_published_checkpoint_fails_loudly(conformance, tmp_path)
 
 @pytest.mark.slow
 def test_pretrained_with_new_classes_and_grayscale_input(conformance, tmp_path):
-    source = manifest_state_dict(conformance, "glnet_stl")
+    source = published_state_dict(conformance, "glnet_stl")
     torch.save(source, tmp_path / "w.pth")
     model = timm.create_model("glnet_stl", pretrained=True, num_classes=10, in_chans=1,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth")))
@@ -153,10 +141,10 @@ def test_grad_checkpointing_gives_same_gradients():
 
 @pytest.mark.slow
 def test_wrong_model_name_for_a_published_checkpoint_says_which_fits(conformance, tmp_path):
-    torch.save({"model": manifest_state_dict(conformance, "glnet_9g")}, tmp_path / "g9.pth")
+    torch.save({"model": published_state_dict(conformance, "glnet_9g")}, tmp_path / "g9.pth")
     with pytest.raises(ValueError, match=r"of another shape: .* in the checkpoint vs .*fit timm.create_model\('glnet_9g'"):
         timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "g9.pth")))
-    torch.save(manifest_state_dict(conformance, "glnet_stl_paramslot"), tmp_path / "ps.pth")
+    torch.save(published_state_dict(conformance, "glnet_stl_paramslot"), tmp_path / "ps.pth")
     with pytest.raises(ValueError, match=r"unexpected key\(s\): .*slot_init.slots.*fit timm.create_model\('glnet_stl_paramslot'"):
         timm.create_model("glnet_stl", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "ps.pth")))
 
@@ -185,6 +173,20 @@ def test_pretrained_fit_checkpoint_gives_its_ema(tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
 
-def test_missing_pretrained_file_is_named(tmp_path):
-    with pytest.raises(ValueError, match=f"^weights file {tmp_path / 'glnet_4g.pth'} does not exist$"):
-        timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / "glnet_4g.pth")))
+@pytest.mark.parametrize("cfg_argument", ["pretrained_cfg_overlay", "pretrained_cfg"])
+def test_pretrained_file_missing_names_the_file(tmp_path, cfg_argument):
+    """Either way of naming the file: timm alone raises FileNotFoundError() with no message for pretrained_cfg."""
+    missing = tmp_path / "glnet_4g.pth"
+    with pytest.raises(WeightsError, match=re.escape(f"pretrained weights file {missing} does not exist: give "
+                                                     "pretrained_cfg_overlay=dict(file=...) the path of a published")):
+        timm.create_model("glnet_4g", pretrained=True, **{cfg_argument: dict(file=str(missing))})
+
+
+def test_pretrained_without_a_file_says_where_the_weights_are():
+    """No download source is registered (no fake pretrained tag): one line saying how to point at a file."""
+    assert set(timm.list_models("glnet_*", include_tags=True)) >= set(MODEL_NAMES)  # untagged: no weights
+    assert not [name for name in timm.list_models("glnet_*", include_tags=True) if "." in name]
+    with pytest.raises(WeightsError, match=r"^glnet_stl has no weights to download: pass pretrained_cfg_overlay="
+                                           r"dict\(file=PATH\) naming a published GLNet checkpoint \(linked from "
+                                           r"https://github.com/rayleizhu/GLMix\) or a glnet fit checkpoint$"):
+        timm.create_model("glnet_stl", pretrained=True, **TINY)

@@ -159,7 +159,7 @@ def test_single_branch_mixers():
     (dict(local="none", global_branch="none"), r"needs at least one branch"),
     (dict(local="conv", ), r"unknown local strategy 'conv'; choose one of \['dwconv', 'window_mhsa', 'none'\]"),
     (dict(clustering="spectral"), r"unknown clustering strategy 'spectral'; choose one of \['kmeans', 'soft'\]"),
-    (dict(fusion="global_local", global_branch="none"), r"fusion='global_local' chains both branches"),
+    (dict(fusion="global_local", global_branch="none"), r"fusion='global_local' needs both branches"),
     (dict(clustering="kmeans", num_slots=9), r"num_slots=9 is invalid for clustering='kmeans'.*power of two"),
     (dict(local="window_mhsa", kernel_size=3), r"kernel_size=3 applies to local='dwconv'"),
     (dict(global_branch="none", num_slots=-1), r"num_slots=-1 is invalid"),

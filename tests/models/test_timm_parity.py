@@ -70,7 +70,6 @@ def test_forward_intermediates_gives_every_stage_and_the_features(name):
     assert torch.equal(final, model.forward_features(x))
     assert_maps_equal(maps, stage_outputs(model, x))
     check_timm_feature_maps(maps, FeatureInfo(model.feature_info, (0, 1, 2, 3)), (64, 64), 2)
-    assert_maps_equal(model.forward_stages(x), maps)  # the old name is an alias
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.glnet import glnet_stl
 from glnet_lightning.models.weights import (EMA_CHECKPOINT_KEY, WeightsError, load_weights, mismatch, read_weights,
                                             training_settings)
-from testkit import same, tiny
+from testkit import published_state_dict, same, tiny
 
 
 def tiny_model(**edits):
@@ -93,19 +93,8 @@ def test_raw_or_ema_the_file_lacks_is_one_line_saying_what_to_pass(both, fit_che
         read_weights(tmp_path / "no_weights.pth")
 
 
-def manifest_state_dict(conformance, name: str) -> dict[str, torch.Tensor]:
-    """Exactly the keys and shapes of a published checkpoint; the values (never loaded here) are one zero
-    expanded to each shape, so the file saved is kilobytes, not the published 120 MB."""
-    state = {}
-    for line in (conformance / f"{name}.keys.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, shape = line.split("\t")
-            state[key] = torch.zeros(()).expand([int(d) for d in re.findall(r"\d+", shape)])
-    return state
-
-
 def test_a_file_that_does_not_fit_is_refused_before_loading_naming_the_published_model(conformance, tmp_path):
-    torch.save({"model": manifest_state_dict(conformance, "glnet_stl")}, tmp_path / "glnet_stl.pth")
+    torch.save({"model": published_state_dict(conformance, "glnet_stl", values="zeros")}, tmp_path / "glnet_stl.pth")
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WeightsError) as error:

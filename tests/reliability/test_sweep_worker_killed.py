@@ -25,7 +25,7 @@ STEPS = 20
 
 
 def test_worker_killed_mid_trial_is_failed_and_retried_from_its_checkpoint(fashion_mnist, tmp_path):
-    from glnet_lightning.sweeps.cli import optuna_main
+    from glnet_lightning.cli.sweep import optuna_main
 
     path = study_file(tmp_path, SPACE, heartbeat=HEARTBEAT)
     # a trial long enough to be killed while training, with a step checkpoint every 5 steps
@@ -33,7 +33,7 @@ def test_worker_killed_mid_trial_is_failed_and_retried_from_its_checkpoint(fashi
     sets += [f"trainer.limit_train_batches={STEPS}", "checkpoint.last_every_n_steps=5", "trainer.log_every_n_steps=1"]
     command = study_command(path, "--n-trials", "1", sets=sets)
     last = tmp_path / "runs" / "tiny" / "trial_0000" / "checkpoints" / "last.ckpt"
-    worker = subprocess.Popen([sys.executable, "-m", "glnet_lightning.sweeps.cli", "optuna", *command],
+    worker = subprocess.Popen([sys.executable, "-m", "glnet_lightning", "sweep", "optuna", *command],
                               env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     signal_when(worker, last.is_file, signal.SIGKILL)
     killed_at = time.monotonic()

@@ -15,8 +15,8 @@ from torch import nn
 
 from glnet_lightning.sweeps import load_sweep
 from glnet_lightning.analysis.tb_runs import read_top1
-from glnet_lightning.sweeps.reports import TableRow, format_table, table_rows
-from glnet_lightning.sweeps.cli import ablation_main
+from glnet_lightning.sweeps.ablation_table import TableRow, format_table, table_rows
+from glnet_lightning.cli.sweep import ablation_main
 
 REPO = Path(__file__).resolve().parents[2]
 STL_SWEEP = REPO / "sweeps" / "ablation_stl.yaml"
@@ -24,14 +24,9 @@ FASHION_SWEEP = REPO / "sweeps" / "ablation_fashion_mnist.yaml"
 
 
 @pytest.fixture(scope="module")
-def stl_sweep(tmp_path_factory):
-    """The STL sweep on its ImageNet base, or on a minimal stand-in while that config is missing."""
-    sweep = load_sweep(STL_SWEEP)
-    if sweep.base.is_file():
-        return sweep
-    base = tmp_path_factory.mktemp("base") / "imagenet_glnet_stl.yaml"
-    base.write_text("model: {backbone: glnet_stl, drop_path_rate: 0.1}\n")
-    return load_sweep(STL_SWEEP, base=base)
+def stl_sweep():
+    """The STL sweep on its ImageNet base."""
+    return load_sweep(STL_SWEEP)
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +129,17 @@ def test_csv_and_json_round_trip():
     assert json.loads(format_table([ROW], "json")) == [ROW.__dict__]
     with pytest.raises(ValueError, match="unknown format"):
         format_table([ROW], "html")
+
+
+def test_image_size_none_is_each_variants_own(stl_sweep):
+    """``img_size=None``: the variant's ``data.image_size`` (32 px for the Fashion-MNIST proxy, 224 for ImageNet)."""
+    fashion = load_sweep(FASHION_SWEEP).select(["stl"])
+    own, at_32 = (table_rows(fashion, {}, None, img_size=size, throughput_batch=None, num_classes=10)[0]
+                  for size in (None, 32))
+    assert own.gmacs == at_32.gmacs and own.params_m == at_32.params_m
+    with torch.device("meta"):
+        imagenet = table_rows(stl_sweep.select(["local_only"]), {}, None, img_size=None, throughput_batch=None)[0]
+    assert imagenet.gmacs == pytest.approx(3.8, rel=0.05)  # the paper's row: 224 px
 
 
 def test_table_command_reads_runs(tmp_path, capsys):

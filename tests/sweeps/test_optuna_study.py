@@ -14,7 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from glnet_lightning.sweeps.cli import report_main
+from glnet_lightning.cli.sweep import report_main
 from glnet_lightning.sweeps.optuna_study import open_study
 from glnet_lightning.sweeps.optuna_sweep import load_optuna_sweep
 from testkit import subprocess_env
@@ -101,7 +101,7 @@ def test_stale_running_trial_is_failed_and_retried(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(tmp_path):
     path = study_file(tmp_path, SPACE)
-    args = [sys.executable, "-m", "glnet_lightning.sweeps.cli", "optuna", *study_command(path, "--n-trials", "1")]
+    args = [sys.executable, "-m", "glnet_lightning", "sweep", "optuna", *study_command(path, "--n-trials", "1")]
     env = subprocess_env(OMP_NUM_THREADS="1")
     workers = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]

@@ -9,7 +9,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from glnet_lightning.sweeps.cli import optuna_main, report_main
+from glnet_lightning.cli.sweep import optuna_main, report_main
 from glnet_lightning.config_edit import ConfigEditError, apply_edits, parse_assignment as parse_set
 from glnet_lightning.sweeps.optuna_sweep import SpaceError, parse_space
 from glnet_lightning.sweeps.optuna_study import make_pruner, make_sampler, open_study

@@ -294,3 +294,23 @@ def max_difference(a: Any, b: Any) -> float:
 def same(a: Any, b: Any) -> bool:
     """Nested states (dicts, lists, tensors, values) equal bit for bit."""
     return max_difference(a, b) == 0.0
+
+
+# ------------------------------------------------------------------------------------ published weights files
+def published_state_dict(conformance: Path, name: str, values: str = "random") -> dict[str, Any]:
+    """A state dict with exactly the keys and shapes of the published ``name`` checkpoint (reference layout,
+    1000 classes; from the key manifests kept with the conformance fixtures, ``<name>.keys.txt``).
+
+    ``values="random"``: seeded values in [0, 0.1), positive, so BatchNorm variances are valid and a run on it
+    gives finite numbers. ``values="zeros"``: one zero expanded to each shape, for tests that read the keys
+    only (the file saved is kilobytes, not the published 120 MB)."""
+    import json
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    lines = (conformance / f"{name}.keys.txt").read_text().splitlines()
+    rows = [line.split("\t") for line in lines if line.strip() and not line.startswith("#")]
+    if values == "zeros":
+        return {key: torch.zeros(()).expand(json.loads(shape)) for key, shape in rows}
+    return {key: torch.rand(json.loads(shape), generator=generator) * 0.1 for key, shape in rows}

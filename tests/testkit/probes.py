@@ -54,7 +54,8 @@ class HoldAfterStep(Callback):
     """After optimizer step ``step``, touch ``held-at-<step>`` in the run directory (rank 0) and wait there,
     every rank, until the process is told to stop: the test then signals a run that is at a known step
     instead of racing a running one. A SIGKILL ends the wait with the process; after a SIGTERM
-    (``trainer.received_sigterm``) the batch finishes and Lightning stops as it would have. Checkpoint
+    (``trainer.received_sigterm``, or under DDP ``PreemptionCheckpoint.requested``) the batch finishes and
+    Lightning stops as it would have. Checkpoint
     callbacks run after this one, so nothing of the step is saved before the hold."""
 
     def __init__(self, step: int, timeout: float = 600) -> None:
@@ -67,7 +68,8 @@ class HoldAfterStep(Callback):
         if trainer.is_global_zero:
             open(os.path.join(trainer.default_root_dir, f"held-at-{self.step}"), "w").close()
         deadline = time.monotonic() + self.timeout  # a test that died must not leave the run waiting forever
-        while not trainer.received_sigterm and time.monotonic() < deadline:
+        noted = lambda: any(getattr(cb, "requested", False) for cb in trainer.callbacks)  # noqa: E731 (DDP)
+        while not (trainer.received_sigterm or noted()) and time.monotonic() < deadline:
             time.sleep(0.02)
 
 

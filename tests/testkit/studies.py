@@ -43,7 +43,7 @@ def study_command(path: Path, *extra: str, sets=STUDY_SETS) -> list[str]:
 
 def run_study(path: Path, *extra: str) -> int:
     """One worker of the study, in process; its exit code."""
-    from glnet_lightning.sweeps.cli import optuna_main
+    from glnet_lightning.cli.sweep import optuna_main
 
     return optuna_main(study_command(path, *extra))
 

@@ -1,6 +1,6 @@
 """``glnet sweep grid|optuna|report ...`` and ``glnet ablation table ...``.
 
-(Also ``python -m glnet_lightning.sweeps.cli``.) Why argparse here and not LightningCLI: these
+Why argparse here and not LightningCLI: these
 commands orchestrate many fits and read their results; only the fits themselves are LightningCLI
 runs. The grid runner and the ablation table share the sweep options (``--base``, ``--set``) so a
 table always describes the same models the grid trained.
@@ -13,20 +13,26 @@ finished trials stay finished, stale ones (dead worker) are failed and retried v
 from __future__ import annotations
 
 import argparse
-import signal
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from glnet_lightning.config_edit import apply_edits, parse_assignments
-from glnet_lightning.cli.errors import parse_args, report
 from glnet_lightning.errors import UserError
+from glnet_lightning.sweeps.grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
+from glnet_lightning.sweeps.sweep_file import load_sweep
 
-from .grid import DEFAULT_FIT_COMMAND, GridRunner, slurm_script, variant_commands
-from .sweep_file import load_sweep
+from .errors import CommandParser, FAILED, INTERRUPTED, SIGTERM_EXIT_CODE, parse_args, report
 
-__all__ = ["grid_main", "ablation_main", "main", "optuna_main", "report_main", "build_optuna_parser",
+__all__ = ["grid_main", "ablation_main", "optuna_main", "report_main", "build_optuna_parser",
            "build_report_parser"]
+
+
+def _as_set_edits(message: object) -> str:
+    """A config error in the sweep's own form: the LightningCLI options it names (``--trainer.devices 1``)
+    become the ``--set trainer.devices=1`` edits a sweep command takes."""
+    return re.sub(r"--([a-z_]+(?:\.[a-z_]+)+) (\S+)", r"--set \1=\2", str(message))
 
 
 def _sweep_options(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +77,7 @@ def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DE
     would build it (``check_config``; tests with a fake fit turn it off): a mistake every variant
     shares stops the sweep with exit code 2.
     """
-    parser = argparse.ArgumentParser(prog="glnet sweep grid", description=grid_main.__doc__)
+    parser = CommandParser(prog="glnet sweep grid", description=grid_main.__doc__)
     _sweep_options(parser)
     parser.add_argument("--dry-run", action="store_true", help="print each variant's command and config")
     parser.add_argument("--emit", choices=("slurm", "commands"),
@@ -89,19 +95,17 @@ def grid_main(argv: Sequence[str] | None = None, fit_command: Sequence[str] = DE
                 runner.describe(variants)
                 return 0
             if check_config:
-                from glnet_lightning.cli.lightning_cli import ConfigError, check_run_config
+                from .lightning_cli import ConfigError, check_run_config
 
                 try:  # what every variant shares must work before the first one is started
                     check_run_config(apply_edits(sweep.base_config(), extra))
                 except ConfigError as exc:
-                    print(f"{parser.prog}: error: the base config with the --set edits cannot run: {exc}",
-                          file=sys.stderr)
-                    return 2
+                    return report(parser.prog, f"the base config with the --set edits cannot run: {_as_set_edits(exc)}")
             states = runner.run(variants)
             print("[sweep] " + ", ".join(f"{name}: {state}" for name, state in states.items()))
             if "interrupted" in states.values():
-                return 128 + signal.SIGTERM  # the shell's convention for "terminated by SIGTERM"
-            return 1 if "failed" in states.values() else 0
+                return SIGTERM_EXIT_CODE
+            return FAILED if "failed" in states.values() else 0
         return 0
 
     return _guard(run, argv, parser)
@@ -111,9 +115,9 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
     """Print params, GMACs, CPU throughput and top-1 of every variant beside the paper's."""
     from glnet_lightning.bench.cost import DEFAULT_BATCH_SIZE
 
-    from .reports import FORMATS, format_table, table_rows
+    from glnet_lightning.sweeps.ablation_table import FORMATS, format_table, table_rows
 
-    parser = argparse.ArgumentParser(prog="glnet ablation table", description=ablation_main.__doc__)
+    parser = CommandParser(prog="glnet ablation table", description=ablation_main.__doc__)
     _sweep_options(parser)
     parser.add_argument("--format", choices=tuple(FORMATS), default="markdown")
     parser.add_argument("--img-size", type=int, default=224)
@@ -134,7 +138,7 @@ def ablation_main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_optuna_parser(prog: str = "glnet sweep optuna") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Optuna search over a base config (see the sweep file).")
+    parser = CommandParser(prog=prog, description="Optuna search over a base config (see the sweep file).")
     parser.add_argument("sweep_file", help="sweep YAML, e.g. sweeps/optuna_slots_kernel.yaml")
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<runs_dir>/<study>/study.db); "
                                           "e.g. postgresql://user:pass@host/db to share a study across machines, or "
@@ -154,7 +158,7 @@ def build_optuna_parser(prog: str = "glnet sweep optuna") -> argparse.ArgumentPa
 
 
 def build_report_parser(prog: str = "glnet sweep report") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Best trials / Pareto front of an Optuna study, "
+    parser = CommandParser(prog=prog, description="Best trials / Pareto front of an Optuna study, "
                                                             "plus an HTML page of plots beside the study.")
     parser.add_argument("--storage", required=True, help="Optuna storage URL, e.g. sqlite:///runs/sweeps/NAME/study.db")
     parser.add_argument("--study-name", help="study name (optional when the storage holds a single study)")
@@ -175,39 +179,37 @@ def _quiet_optuna() -> None:
 def optuna_main(argv: list[str] | None = None) -> int:
     """Run (or resume) a study: 0 when it ran (some trials may have failed), 1 when every trial of this
     run failed, 2 when the sweep cannot start (bad file or option, a config no trial could run)."""
-    args = parse_args(build_optuna_parser(), argv)
+    prog = "glnet sweep optuna"
+    args = parse_args(build_optuna_parser(prog), argv)
     if isinstance(args, int):
         return args
-    from glnet_lightning.config_edit import ConfigEditError, load_config, parse_assignments
-
-    from .optuna_sweep import load_optuna_sweep
+    from glnet_lightning.config_edit import ConfigEditError, load_config
+    from glnet_lightning.sweeps.optuna_sweep import load_optuna_sweep
 
     try:
         sweep = load_optuna_sweep(args.sweep_file, base=args.base, runs_dir=args.runs_dir,
                                   study_name=args.study_name, objectives=args.objectives)
-        if not sweep.base.is_file():
-            raise ConfigEditError(f"base config {sweep.base} does not exist (pass another with --base)")
         sets = parse_assignments(args.sets)
         base_config = load_config(sweep.base)
     except ConfigEditError as exc:
-        return _error(exc)
+        return report(prog, exc)
     import optuna
 
-    from glnet_lightning.cli.lightning_cli import ConfigError, check_run_config
+    from glnet_lightning.sweeps.optuna_study import TrialRunner, default_storage_url, open_study
+    from glnet_lightning.analysis.study_report import render_report
 
-    from .optuna_study import TrialRunner, default_storage_url, open_study
-    from .reports import render_report
+    from .lightning_cli import ConfigError, build_cli, check_run_config
 
-    runner = TrialRunner(sweep, base_config, sets)
+    runner = TrialRunner(sweep, base_config, sets, build_run=build_cli)
     try:  # a mistake every trial shares (bad --set, data root, trainer) stops here, not in n failed trials
         check_run_config(runner.trial_config({}, sweep.study_dir / "config_check"))
     except (ConfigEditError, ConfigError) as exc:
-        return _error(f"the base config with the budget and --set edits cannot run: {exc}")
+        return report(prog, f"the base config with the budget and --set edits cannot run: {_as_set_edits(exc)}")
     storage_url = args.storage or default_storage_url(sweep)
     try:
         study = open_study(sweep, storage_url)
     except ConfigEditError as exc:
-        return _error(exc)
+        return report(prog, exc)
     n_trials = args.n_trials if args.n_trials is not None else sweep.n_trials
     timeout = args.timeout if args.timeout is not None else sweep.timeout
     print(f"study {sweep.study_name} in {storage_url}: {len(study.trials)} trials so far; running "
@@ -218,7 +220,7 @@ def optuna_main(argv: list[str] | None = None) -> int:
                        callbacks=[lambda _study, trial: ours.append(trial.number)])
     except KeyboardInterrupt:  # Optuna has already marked the running trial FAIL
         print(f"interrupted; run the same command again to resume study {sweep.study_name}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     _quiet_optuna()
     print(render_report(study, top=3, limit=20))
     print(f"\nreport: glnet sweep report --storage {storage_url} --study-name {sweep.study_name}")
@@ -226,30 +228,26 @@ def optuna_main(argv: list[str] | None = None) -> int:
               and t.state == optuna.trial.TrialState.FAIL]
     if ours and len(failed) == len(ours):
         first = failed[0].user_attrs.get("error", "no error recorded")
-        return _error(f"all {len(ours)} trial(s) of this run failed; trial {failed[0].number}: {first}",
-                      prefix="glnet sweep optuna: ", code=1)
+        return report(prog, f"all {len(ours)} trial(s) of this run failed; trial {failed[0].number}: {first}",
+                      code=FAILED)
     return 0
-
-
-def _error(message: object, prefix: str = "glnet sweep optuna: error: ", code: int = 2) -> int:
-    print(f"{prefix}{message}", file=sys.stderr)
-    return code
 
 
 def report_main(argv: list[str] | None = None) -> int:
     """Print the study's tables and write its HTML page."""
-    args = parse_args(build_report_parser(), argv)
+    prog = "glnet sweep report"
+    args = parse_args(build_report_parser(prog), argv)
     if isinstance(args, int):
         return args
     _quiet_optuna()
-    from .optuna_study import load_study, storage_folder
-    from .optuna_sweep import OptunaSweepError
-    from .reports import render_report, write_html
+    from glnet_lightning.sweeps.optuna_study import load_study, storage_folder
+    from glnet_lightning.sweeps.optuna_sweep import OptunaSweepError
+    from glnet_lightning.analysis.study_report import render_report, write_html
 
     try:
         study = load_study(args.storage, args.study_name)
     except OptunaSweepError as exc:
-        return _error(exc, prefix="glnet sweep report: error: ")
+        return report(prog, exc)
     print(render_report(study, top=args.top, limit=args.limit))
     if not args.no_html:
         folder = storage_folder(args.storage) or Path.cwd()
@@ -257,17 +255,3 @@ def report_main(argv: list[str] | None = None) -> int:
         print(f"\nplots: {html}" if html else "\nplots: none yet (no complete trial)")
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m glnet_lightning.sweeps.cli grid|table|optuna|report ...`` (what emitted cluster commands call)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    commands = {"grid": grid_main, "table": ablation_main, "optuna": optuna_main, "report": report_main}
-    if not args or args[0] not in commands:
-        print(f"usage: python -m glnet_lightning.sweeps.cli {{{','.join(commands)}}} ... "
-              "(as glnet sweep grid|optuna|report, glnet ablation table)", file=sys.stderr)
-        return 2
-    return commands[args[0]](args[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,10 +13,10 @@ import os
 import re
 from pathlib import Path
 
-from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.data.image_dataset import BAD_IMAGE_POLICIES, UnreadableImageError
+from glnet_lightning.data.image_folder import DatasetLayoutError, validate_layout
 
-from .image_dataset import BAD_IMAGE_POLICIES, UnreadableImageError
-from .image_folder import DatasetLayoutError, validate_layout
+from .errors import CommandParser, parse_args, report
 
 __all__ = ["main", "build_parser", "parse_size"]
 
@@ -47,7 +47,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=PROG,
         description="Write litdata shards (about --chunk-bytes each) from ROOT/{train,val}/<class>/<image>: the "
                     "encoded image files as they are, their class index and the class list, so that "
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> int:
     if existing and not args.overwrite:
         return _error(f"{', '.join(existing)} already hold(s) shards; pass --overwrite to replace them")
     try:
-        from . import streaming
+        from glnet_lightning.data import streaming
     except ImportError as exc:
         return _error(str(exc))
 

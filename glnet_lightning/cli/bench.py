@@ -1,6 +1,6 @@
 """``glnet bench``: argument parsing and the command's entry point.
 
-Measurement lives in :mod:`.runner`, rendering in :mod:`.report`; this module
+Measurement lives in :mod:`glnet_lightning.bench.runner`, rendering in :mod:`glnet_lightning.bench.report`; this module
 only turns the command line into a :class:`BenchConfig` and errors into exit codes.
 """
 from __future__ import annotations
@@ -11,21 +11,20 @@ import sys
 
 import torch
 
-from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.bench.errors import BenchError
+from glnet_lightning.bench.report import render, to_record, write_json
+from glnet_lightning.bench.runner import BenchConfig, run_benchmark
+from glnet_lightning.bench.spec import parse_model_spec
+from glnet_lightning.bench.workload import MODES, PRECISIONS
 from glnet_lightning.models import layers
 from glnet_lightning.models.layers import CPU_CONV_PRECISION_ENV as CONV_ENV
 from glnet_lightning.models.layers import CPU_CONV_PRECISIONS
 
-
-from .errors import BenchError
-from .report import render, to_record, write_json
-from .runner import BenchConfig, run_benchmark
-from .spec import parse_model_spec
-from .workload import MODES, PRECISIONS
+from .errors import CommandParser, parse_args, report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="glnet bench",
         description="Throughput, memory and FLOP utilisation of timm/GLNet models, measured "
                     "interleaved in one process.")

@@ -10,18 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from glnet_lightning.cli.errors import parse_args, report
+from glnet_lightning.analysis.assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
+from glnet_lightning.analysis.checkpoints import CheckpointError, load_model, model_spec_arg
+from glnet_lightning.analysis.images import DEFAULT_IMAGES, ImageError, load_images
 from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
-from .assignments import DEFAULT_BLOCKS, BlockError, check_block_numbers
-from .checkpoints import CheckpointError, load_model, model_spec_arg
-from .images import DEFAULT_IMAGES, ImageError, load_images
+from .errors import CommandParser, parse_args, report
 
 __all__ = ["main", "build_parser", "write_figures"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="glnet viz",
         description="Write the paper's slot figures for a checkpoint: per image and GLMix block, the input, the "
                     "pseudo-coloured slot assignment and the 4 representative slots (k-medoids) as heat maps; "
@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def write_figures(args: argparse.Namespace) -> list[Path]:
     """Draw and save every figure; returns the files written."""
-    from .slot_figures import comparison_figure, save_figure, slot_figure
-    from .slot_views import compute_slot_views
+    from glnet_lightning.analysis.slot_figures import comparison_figure, save_figure, slot_figure
+    from glnet_lightning.analysis.slot_views import compute_slot_views
 
     check_block_numbers(args.blocks)  # a bad number fails before anything is loaded
     images = load_images(args.images)
