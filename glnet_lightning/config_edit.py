@@ -27,7 +27,7 @@ import yaml
 
 from glnet_lightning.errors import UserError
 
-__all__ = ["ConfigEditError", "load_config", "parse_assignment", "parse_assignments", "parse_model_spec", "set_dotted",
+__all__ = ["ConfigEditError", "load_config", "read_yaml_mapping", "parse_assignment", "parse_assignments", "parse_model_spec", "set_dotted",
            "apply_edits", "find_relative"]
 
 
@@ -35,20 +35,28 @@ class ConfigEditError(UserError, ValueError):
     """A config file or an edit that cannot be used; the message names the key or file at fault."""
 
 
+def read_yaml_mapping(path: Path, what: str = "config", error: type[ConfigEditError] | None = None) -> dict[str, Any]:
+    """The mapping of keys in the YAML file ``path``; an unreadable file, invalid YAML or another kind of
+    document is one ``error`` line naming it as ``what`` (``config``, ``sweep file``)."""
+    error = error or ConfigEditError
+    try:
+        with open(path) as handle:
+            mapping = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not isinstance(mapping, dict):
+        raise error(f"{what} {path} must be a YAML mapping of keys, not {type(mapping).__name__}")
+    return mapping
+
+
 def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A LightningCLI YAML config with every value that names a sub-config file replaced by its contents."""
     path = Path(path).expanduser().resolve()
     if path in _seen:
         raise ConfigEditError(f"config files include each other in a cycle: {' -> '.join(map(str, (*_seen, path)))}")
-    try:
-        with open(path) as handle:
-            config = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise ConfigEditError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigEditError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(config, dict):
-        raise ConfigEditError(f"{path}: a config file must be a mapping of keys, not {type(config).__name__}")
+    config = read_yaml_mapping(path)
 
     def inline(node: Any) -> Any:
         if isinstance(node, dict):

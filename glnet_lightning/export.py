@@ -18,9 +18,8 @@ computes, without its CPU-only shortcuts (pixel-chunked MLPs, cropped depthwise 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List
 
 import torch
 from torch import nn

@@ -169,8 +169,12 @@ def _option_strings(parser: Any) -> list[str]:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The message on one line; jsonargparse's union-type reports are cut down to the real reason."""
-    text = " ".join(str(exc).split())
+    """The message on one line; jsonargparse's union-type reports are cut down to the real reason, and an
+    error re-raised from a DataLoader worker (whose message is the worker's whole traceback) to its own."""
+    text = str(exc)
+    if "Original Traceback" in text and text.strip():  # torch's ExceptionWrapper: the last line is the error
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", text.strip().splitlines()[-1])
+    text = " ".join(text.split())
     text = re.sub(r"^Call to compute_fn of link '[^']*' with args .*?\) failed: ", "", text)
     backbone = _backbone_message(text)
     text = _union_reason(backbone if backbone is not None else text)
@@ -347,7 +351,7 @@ class GLNetCLI(LightningCLI):
             raise SystemExit(SIGTERM_EXIT_CODE) from None
         if isinstance(exc, (FileNotFoundError, NotADirectoryError, DatasetLayoutError, UnreadableImageError)):
             raise ConfigError(_one_line(exc)) from exc
-        if isinstance(exc, (TrainingDiverged, CheckpointWriteError, WeightsError)):
+        if isinstance(exc, (TrainingDiverged, CheckpointWriteError, WeightsError, UserError)):
             raise RunError(_one_line(exc)) from exc
         # A strict load failed. (An explicit --ckpt_path FILE cannot get here: LightningCLI rebuilds the
         # model from the file's hyper-parameters; "last"/"best"/"hpc" are resolved later.)

@@ -6,6 +6,7 @@ from .fashion_mnist import FashionMNISTDataModule, find_system_fashion_mnist
 from .image_dataset import UnreadableImageError
 from .image_folder import DatasetLayoutError, validate_layout
 from .imagenet import ImageNetDataModule
+from .token_labels import TokenLabelFileError
 
 __all__ = [
     "FashionMNISTDataModule",
@@ -14,4 +15,5 @@ __all__ = [
     "validate_layout",
     "DatasetLayoutError",
     "UnreadableImageError",
+    "TokenLabelFileError",
 ]

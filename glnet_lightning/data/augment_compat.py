@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 from timm.data import auto_augment
 
-__all__ = ["posterize_zero_bits_ok", "patch_posterize"]
+__all__ = ["augment_ops", "posterize_zero_bits_ok", "patch_posterize"]
 
 
 def posterize_zero_bits_ok(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
@@ -24,7 +24,7 @@ def posterize_zero_bits_ok(img: Image.Image, bits_to_keep: int, **kwargs: Any) -
     return auto_augment.posterize(img, bits_to_keep, **kwargs)
 
 
-def _augment_ops(transform: Any) -> list[Any]:
+def augment_ops(transform: Any) -> list[Any]:
     """All timm ``AugmentOp`` objects reachable from a (possibly composed) transform."""
     found = []
     stack = [transform]
@@ -42,7 +42,7 @@ def _augment_ops(transform: Any) -> list[Any]:
 
 def patch_posterize(transform: Any) -> int:
     """Swap in :func:`posterize_zero_bits_ok` for every posterize op of ``transform``; return how many."""
-    ops = [op for op in _augment_ops(transform) if op.aug_fn is auto_augment.posterize]
+    ops = [op for op in augment_ops(transform) if op.aug_fn is auto_augment.posterize]
     for op in ops:
         op.aug_fn = posterize_zero_bits_ok
     return len(ops)

@@ -113,8 +113,12 @@ class ImageFolderDataset(Dataset):
                     raise
                 self._mark_bad(current, exc)
                 continue
-            return (self.transform(image) if self.transform is not None else image), target
+            return self._item(image, current, target)
         raise UnreadableImageError(f"no readable image left in {self.samples.root}: all {n} files failed to load")
+
+    def _item(self, image: Image.Image, index: int, target: int) -> tuple[Any, Any]:
+        """The sample of a decoded image; ``index`` (the file actually read) lets a subclass load its companions."""
+        return (self.transform(image) if self.transform is not None else image), target
 
     def _mark_bad(self, index: int, exc: UnreadableImageError) -> None:
         self._bad[index] = 1

@@ -10,6 +10,9 @@ Two loading paths with the same transforms, labels and loader settings: the
 folder tree (``root``) or litdata shards written from it by ``glnet data prepare``
 (``streaming``: a local directory or an object-store URL), for storage where
 opening 1.28 M small files is the bottleneck.
+
+Token labeling (``token_labels``: LV-ViT's label maps, folder tree only) changes the training batches
+to ``(images, label maps (B, 3, k, S, S))``; see ``token_labels.py``.
 """
 from __future__ import annotations
 
@@ -23,11 +26,14 @@ from lightning.pytorch import LightningDataModule
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import DataLoader, Dataset
 
+from glnet_lightning.token_labeling import TokenLabelError
+
 from .augment_compat import patch_posterize
 from .image_dataset import BAD_IMAGE_POLICIES, ImageFolderDataset
 from .image_folder import FolderLayout, validate_layout
 from .resumable import resumable_loader
 from .samplers import RepeatAugDistributedSampler
+from .token_labels import LabelMapTrainTransform, TokenLabelDataset, check_label_files
 
 __all__ = ["ImageNetDataModule"]
 
@@ -55,6 +61,12 @@ class ImageNetDataModule(LightningDataModule):
     applied: ``repeated_aug=True`` with more than one process is an error there.
     Remote shards are cached under ``$LITDATA_CACHE_DIR`` (litdata's default:
     ``~/.lightning/chunks``).
+
+    ``token_labels`` (a folder of LV-ViT label maps, ``<class>/<image stem>.pt``, (2, k, S, S)) makes
+    the training batches ``(images, label maps (B, 3, k, S, S))``: the maps moved with each crop, flip
+    and geometric RandAugment operation, the third row holding the crop box at ``[0, 0, :4]`` and the
+    class index at ``[0, 0, 5]`` (what ``token_labeling.token_label_targets`` reads). :meth:`setup`
+    checks that every training image has its file. Validation and test batches are unchanged.
     """
 
     mean: tuple[float, float, float] = tuple(IMAGENET_DEFAULT_MEAN)
@@ -77,12 +89,18 @@ class ImageNetDataModule(LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         streaming: str | None = None,
+        token_labels: str | None = None,
     ) -> None:
         super().__init__()
         if (root is None) == (streaming is None):
             raise ValueError(
                 "give exactly one data source: root (the folder tree) or streaming (litdata shards written by "
                 f"'glnet data prepare'); got root={root!r}, streaming={streaming!r}"
+            )
+        if token_labels is not None and streaming is not None:
+            raise TokenLabelError(
+                "token_labels cannot be combined with streaming: the litdata shards do not hold the label maps; "
+                "train with token labels from the folder tree (root=...)"
             )
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
@@ -110,6 +128,7 @@ class ImageNetDataModule(LightningDataModule):
         self.on_bad_image = on_bad_image
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.token_labels = Path(token_labels).expanduser() if token_labels is not None else None
 
         self._layout: FolderLayout | None = None
         self._meta: dict[str, Any] | None = None
@@ -161,6 +180,10 @@ class ImageNetDataModule(LightningDataModule):
         patch_posterize(transform)  # Pillow >= 13 rejects the 0-bit posterize timm can ask for
         return transform
 
+    def token_label_transform(self) -> LabelMapTrainTransform:
+        """:meth:`train_transform` applied to an image and its label map together (``token_labels``)."""
+        return LabelMapTrainTransform(self.train_transform())
+
     def eval_transform(self) -> Callable[[Any], torch.Tensor]:
         """timm's evaluation pipeline: resize to image_size / crop_pct, centre crop, normalise."""
         return create_transform(
@@ -180,9 +203,17 @@ class ImageNetDataModule(LightningDataModule):
             return
         layout = self.layout
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = ImageFolderDataset(
-                layout.train, layout.classes, self.train_transform(), on_bad_image=self.on_bad_image
-            )
+            if self.token_labels is not None:
+                transform = self.token_label_transform()  # refuses augmentations a label map cannot follow
+                self.train_set = TokenLabelDataset(
+                    layout.train, layout.classes, transform, self.token_labels,
+                    check_label_files(self.token_labels, layout.train, len(layout.classes)),
+                    on_bad_image=self.on_bad_image,
+                )
+            else:
+                self.train_set = ImageFolderDataset(
+                    layout.train, layout.classes, self.train_transform(), on_bad_image=self.on_bad_image
+                )
         if self.val_set is None:  # fit, validate, test and predict all use val/
             self.val_set = ImageFolderDataset(
                 layout.val, layout.classes, self.eval_transform(), on_bad_image=self.on_bad_image

@@ -1,7 +1,7 @@
 """Lightning side of the project: the training recipe as a LightningModule, and its callbacks."""
 from .checkpoint_io import AtomicCheckpointIO
 from .ema import EmaWeights
-from .module import GLNetModule
+from .module import GLNetModule, TokenLabeling
 from .nonfinite import NonFiniteLossGuard, TrainingDiverged
 from .preemption import PreemptionCheckpoint
 from .run_checkpoint import RunCheckpoint
@@ -12,6 +12,7 @@ from .slot_maps import SlotMapCallback
 
 __all__ = [
     "GLNetModule",
+    "TokenLabeling",
     "SlotMapCallback",
     "PredictionWriter",
     "AtomicCheckpointIO",

@@ -5,8 +5,9 @@ torchdata's ``StatefulDataLoader`` and litdata's ``StreamingDataLoader``) rank 0
 state. Three things are missing for an exact resume, and this callback adds them:
 
 - every process's random state (torch, ``random``, numpy, CUDA): drop path, Mixup/CutMix and,
-  with ``num_workers=0``, the augmentations draw from it. Saved per rank (gathered under DDP) and
-  put back just before the first resumed batch.
+  with ``num_workers=0``, the augmentations draw from it; and the LightningModule's own generators
+  (``random_generators()``, e.g. MixToken's boxes in GLNetModule). Saved per rank (gathered under DDP)
+  and put back just before the first resumed batch.
 - every rank's loader state, not only rank 0's: under DDP each rank has its own workers and
   their random states.
 - the loader state itself: Lightning 2.6 builds the train loader before it reads the checkpoint
@@ -43,6 +44,20 @@ def _gather(trainer, obj: Any) -> list[Any]:
     return gathered
 
 
+def _module_generators(trainer) -> dict[str, torch.Generator]:
+    """The LightningModule's own random generators by name (``random_generators()``), if it has any."""
+    get = getattr(trainer.lightning_module, "random_generators", None)
+    return get() if callable(get) else {}
+
+
+def _set_random_states(trainer, saved: dict[str, Any]) -> None:
+    set_rng_states({k: torch.as_tensor(v) for k, v in saved["rng"].items()})
+    generators = _module_generators(trainer)
+    for name, state in saved.get("generators", {}).items():
+        if name in generators:
+            generators[name].set_state(state)
+
+
 class ExactResume(Callback):
     """Saves every rank's random and loader state in checkpoints; restores them when a fit resumes."""
 
@@ -55,7 +70,9 @@ class ExactResume(Callback):
         if trainer is None:  # never set up: nothing of a run to save
             return {}
         # all_gather_object pickles: tensors travel as CPU tensors and come back as such
-        ranks = _gather(trainer, {"rng": get_rng_states(), "loaders": train_loader_states(trainer)})
+        generators = {name: g.get_state() for name, g in _module_generators(trainer).items()}
+        ranks = _gather(trainer, {"rng": get_rng_states(), "generators": generators,
+                                  "loaders": train_loader_states(trainer)})
         return {"world_size": trainer.world_size, "ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -74,10 +91,9 @@ class ExactResume(Callback):
                            f"{trainer.world_size}: the data order and random state of the resumed run are new ones")
             return
         mine = saved["ranks"][trainer.global_rank]
-        rng = {k: torch.as_tensor(v) for k, v in mine["rng"].items()}
         loaders = train_loaders(trainer)
         if not mine["loaders"] or loaders is None:
-            set_rng_states(rng)
+            _set_random_states(trainer, mine)
             return
         progress = fit_loop.epoch_progress.current
         finished = any(state.get("_iterator_finished") for state in mine["loaders"])  # torchdata: began anew
@@ -90,7 +106,7 @@ class ExactResume(Callback):
             set_sampler_epoch(loader, epoch)
         load_train_loader_states(trainer, mine["loaders"])
         restart_train_iterator(trainer)  # a new iterator, from the loaded state
-        set_rng_states(rng)
+        _set_random_states(trainer, mine)
         if continues_in_next_epoch:
             # so start that epoch here, as the uninterrupted run did, after the random state (a new iterator
             # draws its workers' seed from it). Saved before Lightning counted the epoch as processed (e.g. by

@@ -1,15 +1,17 @@
 """``GLNetModule``: a GLNet (or any timm model) trained with the paper's ImageNet recipe.
 
 Why one module owns the whole recipe (docs/design.md, section 2): the optimizer groups, the
-batch-scaled warm-up/cosine schedule, Mixup/CutMix with the matching loss, and the EMA copy all
-depend on each other and on the model; everything is a constructor argument so a config file
-(LightningCLI) can change any of it, and ``save_hyperparameters`` lets
+batch-scaled warm-up/cosine schedule, Mixup/CutMix with the matching loss (or token labeling with
+its own), and the EMA copy all depend on each other and on the model; everything is a constructor
+argument so a config file (LightningCLI) can change any of it, and ``save_hyperparameters`` lets
 ``GLNetModule.load_from_checkpoint(path)`` rebuild the model with no config at all.
 Gradient clipping, precision and devices are Trainer settings, not module arguments.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from glnet_lightning.models.backbone import Backbone, resolve_backbone
 from glnet_lightning.models.layers import channels_last_conv_weights
 from glnet_lightning.models.weights import WEIGHTS_CHOICES, load_weights
+from glnet_lightning.token_labeling import TokenLabelError, TokenLabelLoss, token_label_targets
 
 from .ema import EMA_CHECKPOINT_KEY, EmaWeights
 from .lightning_internals import attached_trainer
@@ -32,7 +35,39 @@ from .nonfinite import NonFiniteLossGuard
 from .optim import build_adamw
 from .schedule import WarmupCosine, scale_lr
 
-__all__ = ["GLNetModule"]
+__all__ = ["GLNetModule", "TokenLabeling"]
+
+
+@dataclass
+class TokenLabeling:
+    """The token-labeling recipe (LV-ViT; docs/architecture.md, *Token labeling*): the class output is scored
+    against the crop's soft label and every token of the auxiliary head against its own, both read from the
+    label maps the training batches carry (``--data.token_labels DIR``). Needs a model with ``use_aux_head``
+    (``glnet_4g_tklb``, ``glnet_9g_tklb``); MixToken takes the place of Mixup/CutMix.
+
+    Args:
+        dense_weight: weight of the mean token loss (0.5 in GLNet's recipe).
+        cls_weight: weight of the class-output loss.
+        label_size: side of the token-label grid; must be the model's final grid at the training image
+            size (224 px / stride 32 = 7).
+        ground_truth: blend the crop-level label with the image's class (LV-ViT's ``--ground-truth``).
+    """
+
+    dense_weight: float = 0.5
+    cls_weight: float = 1.0
+    label_size: int = 7
+    ground_truth: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dense_weight < 0 or self.cls_weight < 0 or self.label_size < 1:
+            raise ValueError(f"model.token_labeling: need dense_weight >= 0, cls_weight >= 0 and label_size >= 1, "
+                             f"got {self}")
+
+
+def _token_labeling(value: TokenLabeling | dict[str, Any] | None) -> TokenLabeling | None:
+    """The setting as a :class:`TokenLabeling`: checkpoints store it as a plain dict (readable with
+    ``weights_only``), which ``load_from_checkpoint`` passes back."""
+    return TokenLabeling(**value) if isinstance(value, dict) else value
 
 
 
@@ -113,6 +148,11 @@ class GLNetModule(LightningModule):
             options, e.g. ``{mode: max-autotune-no-cudagraphs}`` (keys: :data:`COMPILE_OPTIONS`), or
             ``auto``: compile on CUDA, eager on other devices (:func:`resolve_compile`; the ImageNet
             configs use it). Compiled in place, so checkpoints and the EMA are those of the eager model.
+            (Token labeling trains through ``forward_train``, which stays eager.)
+        cooldown_epochs: the last epochs of the run are held at ``min_lr`` after the cosine (10 of 310 in
+            the token-labeling recipe).
+        token_labeling: train with token labels (:class:`TokenLabeling`; the ``*_tklb`` configs), or None.
+            Validation is unchanged: the model's eval output against the class labels.
     """
 
     def __init__(
@@ -139,12 +179,15 @@ class GLNetModule(LightningModule):
         init_weights: str | None = None,
         init_weights_key: str = "auto",
         compile: bool | str | dict[str, Any] = False,
+        cooldown_epochs: float = 0.0,
+        token_labeling: TokenLabeling | None = None,
     ) -> None:
         super().__init__()
-        if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0:
-            raise ValueError(f"need lr > 0, base_batch_size >= 1, weight_decay >= 0, warmup_epochs >= 0, min_lr >= 0; "
-                             f"got lr={lr}, base_batch_size={base_batch_size}, weight_decay={weight_decay}, "
-                             f"warmup_epochs={warmup_epochs}, min_lr={min_lr}")
+        if lr <= 0 or base_batch_size < 1 or weight_decay < 0 or warmup_epochs < 0 or min_lr < 0 or cooldown_epochs < 0:
+            raise ValueError(f"need lr > 0, base_batch_size >= 1, weight_decay >= 0, warmup_epochs >= 0, min_lr >= 0, "
+                             f"cooldown_epochs >= 0; got lr={lr}, base_batch_size={base_batch_size}, "
+                             f"weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, min_lr={min_lr}, "
+                             f"cooldown_epochs={cooldown_epochs}")
         if slot_map_every_n_epochs < 0:
             raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
         if init_weights_key not in WEIGHTS_CHOICES:
@@ -157,9 +200,21 @@ class GLNetModule(LightningModule):
         self.save_hyperparameters()
         # the whole description as plain data, so a checkpoint rebuilds this network whatever the defaults become
         self.hparams["backbone"] = self.backbone.describe()
+        self.token_labeling = _token_labeling(token_labeling)
+        if self.token_labeling is not None:
+            self.hparams["token_labeling"] = dataclasses.asdict(self.token_labeling)
         self.model = self.backbone.build(num_classes, drop_path_rate)
         self.mixup_fn = build_mixup(num_classes, mixup, cutmix, mixup_prob, mixup_switch_prob, label_smoothing)
         self.train_criterion = build_train_criterion(self.mixup_fn is not None, label_smoothing)
+        self.token_label_loss: TokenLabelLoss | None = None
+        #: MixToken's boxes are drawn from this generator, whose state (per rank) travels in checkpoints
+        #: (lit/exact_resume.py), so a resumed run draws the boxes the uninterrupted one would have
+        self.mix_token_generator: torch.Generator | None = None
+        if self.token_labeling is not None:
+            self._check_token_labeling(mixup=self.mixup_fn is not None, label_smoothing=label_smoothing)
+            tl = self.token_labeling
+            self.token_label_loss = TokenLabelLoss(tl.dense_weight, tl.cls_weight, tl.ground_truth)
+            self.mix_token_generator = torch.Generator()
         self.ema = EmaWeights(ema_decay, ema_warmup) if ema_decay is not None else None
         self._init_weights_pending = init_weights is not None  # cleared once loaded or a checkpoint is restored
         self.optimizer_step_skipped = False  # set by NonFiniteLossGuard: keep the EMA out of a skipped step
@@ -218,6 +273,61 @@ class GLNetModule(LightningModule):
             return callbacks
         return [*callbacks, SlotMapCallback(every_n_epochs=every)]
 
+    # ------------------------------------------------------------------ token labeling
+    def _check_token_labeling(self, mixup: bool, label_smoothing: float) -> None:
+        """The settings token labeling cannot train with, each named with its fix, before any data is read."""
+        if not getattr(self.model, "use_aux_head", False):
+            raise TokenLabelError(f"model.token_labeling needs a model with an auxiliary token head (use_aux_head), "
+                                  f"e.g. glnet_4g_tklb or glnet_9g_tklb; {self.backbone.name} has none: set "
+                                  f"--model.token_labeling null or choose such a model")
+        if mixup or label_smoothing:
+            raise TokenLabelError("model.token_labeling trains without Mixup/CutMix and label smoothing (MixToken and "
+                                  "the soft token labels take their place): set --model.mixup 0 --model.cutmix 0 "
+                                  "--model.label_smoothing 0")
+
+    def random_generators(self) -> dict[str, torch.Generator]:
+        """The module's own random generators, for :class:`~glnet_lightning.lit.exact_resume.ExactResume`
+        to save and restore per rank like the global random state."""
+        return {"mix_token": self.mix_token_generator} if self.mix_token_generator is not None else {}
+
+    def setup(self, stage: str) -> None:
+        """Before a fit reads any data: the data and the recipe agree on label maps and on the label grid;
+        MixToken's generator gets a seed of this run and rank (a restored checkpoint replaces its state)."""
+        if stage != "fit":
+            return
+        data = self.trainer.datamodule
+        gives_maps = getattr(data, "token_labels", None) is not None
+        tl = self.token_labeling
+        if tl is None:
+            if gives_maps:
+                raise TokenLabelError("data.token_labels is set but the model does not train with token labels: "
+                                      "set --model.token_labeling (configs/imagenet_glnet_4g_tklb.yaml does), or drop "
+                                      "--data.token_labels")
+            return
+        if data is not None and hasattr(data, "token_labels") and not gives_maps:
+            raise TokenLabelError("model.token_labeling needs the label maps: give --data.token_labels DIR (README, "
+                                  "Token labeling), or set --model.token_labeling null to train on class labels")
+        size, stride = getattr(data, "image_size", None), self._total_stride()
+        if isinstance(size, int) and size // stride != tl.label_size:
+            raise TokenLabelError(f"model.token_labeling.label_size={tl.label_size} does not match the model's final "
+                                  f"grid at data.image_size={size} ({size} / stride {stride} = {size // stride}): set "
+                                  f"--model.token_labeling.label_size {size // stride}")
+        seed = hash((torch.initial_seed(), self.trainer.global_rank)) & (2**63 - 1)
+        self.mix_token_generator.manual_seed(seed)
+
+    def _total_stride(self) -> int:
+        """The model's reduction from pixels to its final grid (32 for GLNet)."""
+        reductions = [f.get("reduction") for f in getattr(self.model, "feature_info", None) or [] if isinstance(f, dict)]
+        return max((r for r in reductions if r), default=32)
+
+    def _token_labeling_loss(self, images: torch.Tensor, label_maps: torch.Tensor) -> torch.Tensor:
+        if label_maps.dim() != 5:
+            raise TokenLabelError("model.token_labeling needs label maps in the training batches (images, (B, 3, k, "
+                                  "S, S)), got class labels: give --data.token_labels DIR")
+        outputs = self.model.forward_train(images, generator=self.mix_token_generator)
+        target = token_label_targets(label_maps, self.hparams.num_classes, self.token_labeling.label_size)
+        return self.token_label_loss(outputs, target)
+
     # ------------------------------------------------------------------ optimisation
     def global_batch_size(self) -> int:
         """Images per optimizer step over all devices: batch x world size x gradient accumulation."""
@@ -242,12 +352,15 @@ class GLNetModule(LightningModule):
         if not math.isfinite(steps_per_epoch):
             steps_per_epoch = total_steps / max(1, trainer.max_epochs or 1)
         warmup_steps = min(total_steps, round(hp.warmup_epochs * math.ceil(steps_per_epoch)))
+        cooldown_steps = min(total_steps - warmup_steps, round(hp.cooldown_epochs * math.ceil(steps_per_epoch)))
         global_batch = self.global_batch_size()
         lr = scale_lr(hp.lr, global_batch, hp.base_batch_size)
         rank_zero_info(f"lr {hp.lr:g} x global batch {global_batch} / {hp.base_batch_size} = {lr:.4g}; "
-                       f"{warmup_steps} warm-up of {total_steps} optimizer steps")
+                       f"{warmup_steps} warm-up of {total_steps} optimizer steps"
+                       + (f", the last {cooldown_steps} at min_lr" if cooldown_steps else ""))
         optimizer = build_adamw(self.model, lr=lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        schedule = WarmupCosine(lr, total_steps, warmup_steps, min_lr=min(hp.min_lr, lr), warmup_lr=min(hp.warmup_lr, lr))
+        schedule = WarmupCosine(lr, total_steps, warmup_steps, min_lr=min(hp.min_lr, lr), warmup_lr=min(hp.warmup_lr, lr),
+                                cooldown_steps=cooldown_steps)
         scheduler = LambdaLR(optimizer, schedule)
         self._planned_schedule = repr(schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
@@ -255,6 +368,17 @@ class GLNetModule(LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, labels = batch
+        if self.token_labeling is not None:
+            loss = self._token_labeling_loss(images, labels)
+        else:
+            loss = self._class_label_loss(images, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def _class_label_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.dim() == 5:
+            raise TokenLabelError("the training batches carry label maps (data.token_labels) but the model does not "
+                                  "train with token labels: set --model.token_labeling, or drop --data.token_labels")
         if self.mixup_fn is not None:
             if images.shape[0] % 2 == 0:
                 images, targets = self.mixup_fn(images, labels)
@@ -262,9 +386,7 @@ class GLNetModule(LightningModule):
                 targets = one_hot_smoothed(labels, self.hparams.num_classes, self.hparams.label_smoothing)
         else:
             targets = labels
-        loss = self.train_criterion(self(images), targets)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=images.shape[0])
-        return loss
+        return self.train_criterion(self(images), targets)
 
     def configure_model(self) -> None:
         # GLNet's activations are channels_last, so conv weight gradients arrive channels_last; DDP's

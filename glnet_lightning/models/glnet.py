@@ -6,6 +6,7 @@ Usage::
     model = timm.create_model("glnet_stl", num_classes=10, num_slots=49, kernel_size=7)
     model = timm.create_model("glnet_4g", pretrained=True, pretrained_cfg_overlay=dict(file="glnet_4g.pth"))
     model = glnet_stl(num_slots=49).build(num_classes=10)   # the same, from the description
+    cls_logits, token_logits, box = timm.create_model("glnet_4g_tklb").train().forward_train(images)  # token labeling
 
 ``GLNetArgs`` is the description of a GLNet (every value that decides the network), ``NAMED_MODELS``
 the one table of the published models, each made into a description class and a timm entry point of
@@ -19,6 +20,7 @@ checked, then ignored.
 import dataclasses
 import functools
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
@@ -33,9 +35,10 @@ from .blocks import BLOCK_TYPES, GLMixBlock, MHSANCHWBlock, TransformerBlock
 from .layers import STEMS, TRANSITIONS, check_head_dim, is_exporting, resolve_act_layer, resolve_norm_layer
 from .official import official_kwargs_to_ours
 from .strategies import DWConvLocal, GLMixConfig, SlotAttentionGlobal, WindowMHSALocal, resolve_strategy
-from .weights import Weights, WeightsError, classifier_note, mismatch, read_weights, weights_from
+from .weights import Weights, WeightsError, classifier_note, mismatch, read_weights, weights_from, with_own_classifiers
 
-__all__ = ["GLNet", "GLNetArgs", "GLNetStage", "NAMED_MODELS", "checkpoint_filter_fn", "glnet_from_official_kwargs"]
+__all__ = ["GLNet", "GLNetArgs", "GLNetStage", "NAMED_MODELS", "checkpoint_filter_fn", "glnet_from_official_kwargs",
+           "mix_token_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +174,14 @@ class GLNet(nn.Module):
         num_classes: classifier outputs; 0 for no head (features only).
         in_chans: input image channels.
         global_pool: ``avg`` to average the final map before the head, ``''`` to keep it.
-        drop_rate: dropout before the classifier.
+        drop_rate: dropout before the classifier (and the token head).
         drop_path_rate: stochastic depth rate, rising linearly to this value over all blocks.
+        use_aux_head: token labeling (LV-ViT; timm's volo.py naming): a second Linear head ``aux_head`` scores
+            every final-stage pixel; the output becomes ``cls + 0.5 * max over pixels of aux``.
+        use_mix_token: ``forward_train`` of a training model mixes a random box of the stem output between
+            the images of the batch (MixToken) and swaps the box's token logits back; needs ``use_aux_head``.
+        pooling_scale: the stride ratio of the stem output to the final-stage grid on which the MixToken box
+            is drawn; None for the network's own (8 for four stages), any other value is refused.
 
     A shortcut set for a branch that is ``none`` is checked, then ignored with an INFO log line, so
     a variant that drops a branch need not unset its settings; so are ``cpe_kernel`` and ``mlp_dwconv``
@@ -207,6 +216,9 @@ class GLNet(nn.Module):
         global_pool: str = "avg",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        use_aux_head: bool = False,
+        use_mix_token: bool = False,
+        pooling_scale: Optional[int] = None,
     ):
         super().__init__()
         for name, value in (("depths", depths), ("dims", dims)):  # a string would pass len() below
@@ -229,6 +241,12 @@ class GLNet(nn.Module):
             raise ValueError(f"global_pool={global_pool!r} is not supported; use 'avg' or '' (no pooling)")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
+        if use_mix_token and not use_aux_head:
+            raise ValueError("use_mix_token=True needs use_aux_head=True: MixToken swaps the token head's logits back")
+        stem_to_final = 2 ** (n - 1)  # each transition halves the map
+        if pooling_scale is not None and pooling_scale != stem_to_final:
+            raise ValueError(f"pooling_scale={pooling_scale} does not fit the network: its stem output is "
+                             f"{stem_to_final}x its final-stage grid; leave pooling_scale unset")
 
         norm_2d = resolve_norm_layer(norm_layer, "norm_layer")
         norm_cl = resolve_norm_layer(norm_layer_cl, "norm_layer_cl")
@@ -287,6 +305,10 @@ class GLNet(nn.Module):
         self.norm = nn.BatchNorm2d(dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.use_aux_head = use_aux_head
+        self.use_mix_token = use_mix_token
+        self.pooling_scale = stem_to_final
+        self.aux_head = nn.Linear(dims[-1], num_classes) if use_aux_head and num_classes > 0 else None
         self.apply(self._init_weights)
 
     @staticmethod
@@ -317,12 +339,14 @@ class GLNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh class head, and a fresh token head when the model has one (none for 0 classes)."""
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("avg", ""):
                 raise ValueError(f"global_pool={global_pool!r} is not supported; use 'avg' or ''")
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.aux_head = nn.Linear(self.num_features, num_classes) if self.use_aux_head and num_classes > 0 else None
 
     def glmix_blocks(self) -> list[GLMixBlock]:
         """All GLMix blocks in forward order (block k of the paper's figures is index k-1)."""
@@ -396,18 +420,87 @@ class GLNet(nn.Module):
         return self.norm(self.stages(self.stem(_channels_last(x))))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == "avg":
-            x = x.mean(dim=(2, 3))
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
+        """The class logits; with the token head, plus half of each class's highest token logit (LV-ViT's
+        evaluation output)."""
+        pooled = self.head_drop(x.mean(dim=(2, 3)) if self.global_pool == "avg" else x)
+        if pre_logits:
+            return pooled
+        logits = self.head(pooled)
+        if self.aux_head is not None and self.global_pool == "avg":
+            logits = logits + 0.5 * self.aux_head(self.head_drop(_tokens(x))).amax(dim=1)
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.ignore
+    def forward_train(
+        self, x: torch.Tensor, bbox: Optional[Tuple[int, int, int, int]] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[int, int, int, int]]:
+        """Token labeling's training forward: ``(class logits (B, classes), token logits (B, N, classes), box)``.
 
-def glnet_from_official_kwargs(**official_kwargs: Any) -> GLNet:
-    """Build the GLNet that the reference constructor builds for these keyword arguments."""
-    return GLNet(**official_kwargs_to_ours(**official_kwargs))
+        ``bbox`` = (bbx1, bby1, bbx2, bby2) on the final-stage grid, the first pair along the height (dim 2),
+        the second along the width (dim 3), as the reference has it. Inside the box, scaled by
+        ``pooling_scale`` onto the stem output, every image takes the values of the image at the mirrored
+        batch index (``flip(0)``); the token logits inside the box are swapped back, so each token is scored
+        against its own image's label map. A given ``bbox`` is applied as is; otherwise a training model with
+        ``use_mix_token`` draws one from ``generator`` (None: torch's global RNG), and any other gets the
+        empty box (0, 0, 0, 0).
+        """
+        if self.aux_head is None or self.global_pool != "avg":
+            raise ValueError("forward_train needs the token head: build the model with use_aux_head=True, "
+                             "num_classes > 0 and global_pool='avg'")
+        x = self.stem(_channels_last(x))
+        if bbox is None:
+            grid = (x.shape[2] // self.pooling_scale, x.shape[3] // self.pooling_scale)
+            bbox = mix_token_box(grid, generator) if self.use_mix_token and self.training else (0, 0, 0, 0)
+        bbox = tuple(int(v) for v in bbox)
+        x = self.norm(self.stages(_swap_box_with_flipped_batch(x, bbox, self.pooling_scale)))
+        cls_logits = self.head(self.head_drop(x.mean(dim=(2, 3))))
+        aux = self.aux_head(self.head_drop(_tokens(x)))  # (B, N, classes), N = H * W of the final grid
+        aux_map = aux.unflatten(1, x.shape[2:]).permute(0, 3, 1, 2)  # (B, classes, H, W) view
+        aux = _swap_box_with_flipped_batch(aux_map, bbox, 1).flatten(2).transpose(1, 2)
+        return cls_logits, aux, bbox
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H * W, C), pixels in row-major order (a view of a channels_last map)."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def mix_token_box(grid: Tuple[int, int], generator: Optional[torch.Generator] = None) -> Tuple[int, int, int, int]:
+    """A MixToken box (bbx1, bby1, bbx2, bby2) on a ``grid`` of (height, width) cells: lam ~ Beta(1, 1), sides
+    ``int(side * sqrt(1 - lam))`` around a uniform centre, clipped to the grid; drawn from ``generator``
+    (None: torch's global RNG), so a run that restores the generator draws the same boxes again."""
+    if min(grid) < 1:  # an input too small for one final-stage cell
+        return 0, 0, 0, 0
+    lam = torch.rand((), generator=generator).item()  # Beta(1, 1) is the uniform distribution
+    ratio = math.sqrt(1.0 - lam)
+    box = []
+    for side in grid:
+        cut = int(side * ratio)
+        centre = int(torch.randint(0, side, (), generator=generator))
+        box.append((min(max(centre - cut // 2, 0), side), min(max(centre - cut // 2 + cut, 0), side)))
+    (bbx1, bbx2), (bby1, bby2) = box
+    return bbx1, bby1, bbx2, bby2
+
+
+def _swap_box_with_flipped_batch(x: torch.Tensor, bbox: Tuple[int, int, int, int], scale: int) -> torch.Tensor:
+    """``x`` (B, C, H, W) with the box (scaled by ``scale``) taken from the image at the mirrored batch index."""
+    top, left, bottom, right = (v * scale for v in (bbox[0], bbox[1], bbox[2], bbox[3]))
+    if bottom <= top or right <= left:
+        return x
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = x.flip(0)[:, :, top:bottom, left:right]
+    return mixed
+
+
+def glnet_from_official_kwargs(use_aux_head: bool = False, **official_kwargs: Any) -> GLNet:
+    """Build the GLNet that the reference constructor builds for these keyword arguments; ``use_aux_head``
+    builds its token-labeling model (``GLNet_tklb``: the token head, MixToken in training)."""
+    return GLNet(**official_kwargs_to_ours(**official_kwargs), use_aux_head=use_aux_head,
+                 use_mix_token=use_aux_head)
 
 
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet, weights: Weights | None = None) -> dict[str, torch.Tensor]:
@@ -424,7 +517,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: GLNet, weights: Weig
     if problem is not None:
         raise WeightsError(f"pretrained weights {weights.source} do not fit {type(model).__name__}: {problem}")
     logger.info(f"weights: {weights.describe()}{classifier_note(weights, model)}")
-    return state_dict
+    return with_own_classifiers(state_dict, model)
 
 
 #: Where the published weights are: the origin repository links them; there is no download source here.
@@ -434,6 +527,9 @@ _WEIGHTS_FILES = f"a published GLNet checkpoint (linked from {PUBLISHED_WEIGHTS}
 
 def _create_glnet(variant: str, pretrained: bool = False, **kwargs) -> GLNet:
     filter_fn = checkpoint_filter_fn
+    if kwargs.get("use_aux_head"):  # the cfg names both heads, for timm's loader and models/weights.py
+        kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}),
+                                            "classifier": _TOKEN_LABELING_CLASSIFIERS}
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")) \
         if pretrained else None  # where the weights come from, as timm will resolve it
     if cfg is not None and cfg.state_dict is None and cfg.source not in ("hf-hub", "local-dir"):
@@ -478,6 +574,8 @@ def _cfg(**kwargs) -> dict[str, Any]:
     }
 
 
+_TOKEN_LABELING_CLASSIFIERS = ("head", "aux_head")  # both are replaced for another class count, as timm's volo
+
 # No download source, so no pretrained tag: the weights come from a file the user points at (see _create_glnet).
 default_cfgs = generate_default_cfgs({
     "glnet_stl": _cfg(),
@@ -485,6 +583,8 @@ default_cfgs = generate_default_cfgs({
     "glnet_4g": _cfg(),
     "glnet_9g": _cfg(),
     "glnet_16g": _cfg(),
+    "glnet_4g_tklb": _cfg(classifier=_TOKEN_LABELING_CLASSIFIERS),
+    "glnet_9g_tklb": _cfg(classifier=_TOKEN_LABELING_CLASSIFIERS),
 })
 
 
@@ -560,6 +660,9 @@ class GLNetArgs(Backbone):
         clustering: clustering of the slots branch: soft, kmeans, or a strategy mapping.
         in_chans: input image channels.
         drop_rate: dropout before the classifier.
+        use_aux_head: token labeling's second head, scoring every final-stage pixel (the _tklb models).
+        use_mix_token: MixToken in the training forward (forward_train); needs use_aux_head.
+        pooling_scale: stem-output-to-final-grid stride ratio of the MixToken box; null for the network's own.
     """
 
     depths: List[int] = field(default_factory=lambda: [2, 2, 6, 2])
@@ -585,6 +688,9 @@ class GLNetArgs(Backbone):
     clustering: StageSpec = "soft"
     in_chans: int = 3
     drop_rate: float = 0.0
+    use_aux_head: bool = False
+    use_mix_token: bool = False
+    pooling_scale: Optional[int] = None
 
     def __post_init__(self) -> None:
         # Spell every strategy out (a run records kmeans' iterations, not just 'kmeans'), and refuse a
@@ -650,6 +756,16 @@ NAMED_MODELS: dict[str, dict[str, Any]] = {
         depths=[4, 4, 18, 4], dims=[128, 256, 512, 1024], stage_mixers=["glmix", "glmix", "glmix.mha_nchw", "mha_nchw"],
         mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True, layer_scale=1e-4,
         __doc__="GLNet-16G (106.1 M params, 16.7 GMACs), layer scale 1e-4."),
+    "glnet_4g_tklb": dict(
+        depths=[4, 4, 18, 4], dims=[64, 128, 256, 512], stage_mixers=["glmix", "glmix", "glmix.mha_nchw", "mha_nchw"],
+        mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True,
+        use_aux_head=True, use_mix_token=True,
+        __doc__="GLNet-4G trained with token labeling: a token head and MixToken (27.5 M params)."),
+    "glnet_9g_tklb": dict(
+        depths=[4, 4, 18, 4], dims=[96, 192, 384, 768], stage_mixers=["glmix", "glmix", "glmix.mha_nchw", "mha_nchw"],
+        mlp_ratios=3.0, stem="overlap", transition="conv_norm", cpe_kernel=3, mlp_dwconv=True,
+        use_aux_head=True, use_mix_token=True,
+        __doc__="GLNet-9G trained with token labeling: a token head and MixToken (60.8 M params)."),
 }
 
 _ARG_FIELDS = {f.name: f for f in dataclasses.fields(GLNetArgs)}

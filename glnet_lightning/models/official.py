@@ -87,6 +87,8 @@ def _convert_key(key: str, overlap_stem: bool) -> str:
         raise KeyError(key)
     if re.match(r"^(norm|head)\.", key):
         return key
+    if key.startswith("tklb_aux_head."):  # GLNet_tklb's token head, timm's aux_head
+        return "aux_head." + key.removeprefix("tklb_aux_head.")
     raise KeyError(key)
 
 
@@ -109,15 +111,19 @@ def convert_official_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torc
     return out
 
 
-_PUBLISHED = {("patch", 96, False): "glnet_stl", ("patch", 96, True): "glnet_stl_paramslot",
-              ("overlap", 64, False): "glnet_4g", ("overlap", 96, False): "glnet_9g", ("overlap", 128, False): "glnet_16g"}
+# (stem, stem width, learned slots, token head) -> the published model
+_PUBLISHED = {("patch", 96, False, False): "glnet_stl", ("patch", 96, True, False): "glnet_stl_paramslot",
+              ("overlap", 64, False, False): "glnet_4g", ("overlap", 96, False, False): "glnet_9g",
+              ("overlap", 128, False, False): "glnet_16g",
+              ("overlap", 64, False, True): "glnet_4g_tklb", ("overlap", 96, False, True): "glnet_9g_tklb"}
 
 
 def identify_published_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """Which named model a (converted) state dict belongs to, from its stem, width and slot init."""
+    """Which named model a (converted) state dict belongs to, from its stem, width, slot init and token head."""
     overlap = "stem.3.weight" in state_dict
     stem_out = state_dict.get("stem.3.weight" if overlap else "stem.0.weight")
     if stem_out is None:
         return None
     param_slots = any(k.endswith(".slot_init.slots") for k in state_dict)
-    return _PUBLISHED.get(("overlap" if overlap else "patch", stem_out.shape[0], param_slots))
+    token_head = "aux_head.weight" in state_dict
+    return _PUBLISHED.get(("overlap" if overlap else "patch", stem_out.shape[0], param_slots, token_head))

@@ -25,7 +25,7 @@ from .official import convert_official_state_dict, identify_published_model, is_
 
 __all__ = ["EMA_CHECKPOINT_KEY", "WEIGHTS_CHOICES", "Weights", "WeightsError", "is_fit_checkpoint", "load_weights",
            "classifier_note", "mismatch", "read_checkpoint", "read_weights", "training_settings",
-           "weights_from"]
+           "weights_from", "with_own_classifiers"]
 
 #: Where a ``fit`` checkpoint keeps the EMA weights (GLNetModule writes it, this module reads it).
 EMA_CHECKPOINT_KEY = "ema_state_dict"
@@ -268,15 +268,28 @@ def _adapt(state: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], mode
         key = f"{conv}.weight"
         if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
             state[key] = adapt_input_conv(own[key].shape[1], state[key], base_chans=state[key].shape[1])
-    head = {k for k in own if _under(k, classifiers)} | {k for k in state if _under(k, classifiers)}
-    if all(k in state and k in own and state[k].shape == own[k].shape for k in head):
+    reset = [c for c in classifiers if not _same_classifier(c, state, own)]
+    if not reset:
         return ""
-    weight = f"{classifiers[0]}.weight"
-    given = f"{state[weight].shape[0]} classes" if weight in state else "no classifier"
+    weight = f"{reset[0]}.weight"
+    given = f"{state[weight].shape[0]} classes" if weight in state else f"no {reset[0]}"
     mine = f"{own[weight].shape[0]}" if weight in own else "none (num_classes=0)"
-    for key in head:
-        state.pop(key, None)
-    return f"; {classifiers[0]} re-initialised: the file has {given}, the model {mine}"
+    for key in [k for k in state if _under(k, tuple(reset))]:
+        del state[key]
+    return f"; {' and '.join(reset)} re-initialised: the file has {given}, the model {mine}"
+
+
+def _same_classifier(name: str, state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> bool:
+    keys = {k for k in own if _under(k, (name,))} | {k for k in state if _under(k, (name,))}
+    return all(k in state and k in own and state[k].shape == own[k].shape for k in keys)
+
+
+def with_own_classifiers(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` plus the model's own tensors for the classifier keys it lacks (a token-labeling model
+    started from weights without a token head): timm's loader is strict when the class counts agree."""
+    classifiers, _ = _conventions(model)
+    own = {k: v for k, v in model.state_dict().items() if _under(k, classifiers) and k not in state_dict}
+    return {**state_dict, **own}
 
 
 def classifier_note(weights: Weights, model: nn.Module) -> str:

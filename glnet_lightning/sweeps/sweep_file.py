@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from glnet_lightning.config_edit import ConfigEditError, apply_edits, find_relative, load_config
+from glnet_lightning.config_edit import ConfigEditError, apply_edits, find_relative, load_config, read_yaml_mapping
 from glnet_lightning.errors import close_matches
 
 __all__ = ["PaperFigures", "Sweep", "SweepError", "Variant", "load_sweep", "read_sweep_yaml", "check_base"]
@@ -54,16 +52,7 @@ def read_sweep_yaml(path: Path, what: str = "sweep file", error: type[ConfigEdit
     if not path.is_file():
         state = "is a directory" if path.is_dir() else "does not exist"
         raise error(f"{what} {path} {state}{_did_you_mean(path)}")
-    try:
-        with open(path) as handle:
-            raw = yaml.safe_load(handle) or {}
-    except OSError as exc:
-        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise error(f"{what} {path} is not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(raw, dict):
-        raise error(f"{what} {path} must be a YAML mapping of keys, not {type(raw).__name__}")
-    return raw
+    return read_yaml_mapping(path, what, error)
 
 
 def check_base(base: Path, path: Path, from_option: bool, error: type[ConfigEditError] = SweepError) -> Path:

@@ -117,3 +117,24 @@ def test_best_checkpoint_of_a_run_that_never_validated_points_to_last(command, t
     assert main(argv) == 2
     errors = error_lines(capsys, f"glnet {command[0]}")
     assert len(errors) == 1 and f"use {checkpoints / 'last.ckpt'}" in errors[0], errors
+
+
+def test_an_error_in_a_loader_worker_is_its_own_one_line(tmp_path):
+    """torch re-raises a worker's error with the worker's whole traceback as its message; the user sees the
+    error's own line (a broken image or label file named), not the traceback joined into one line."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from glnet_lightning.cli.lightning_cli import _one_line
+    from glnet_lightning.data import UnreadableImageError
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int):
+            raise UnreadableImageError(f"cannot read image {tmp_path}/a.JPEG: truncated")
+
+    with pytest.raises(UnreadableImageError) as caught:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)  # what torch gives
+    assert _one_line(caught.value) == f"cannot read image {tmp_path}/a.JPEG: truncated"

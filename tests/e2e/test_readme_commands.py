@@ -76,6 +76,10 @@ README_COMMANDS = {
     "glnet fit --config configs/imagenet_glnet_stl_1gpu.yaml --data.root /data/imagenet": HERE + "test_imagenet_fits",
     "glnet fit --config configs/imagenet_glnet_stl_1gpu.yaml --data.root /data/imagenet --data.batch_size 128 "
     "--trainer.accumulate_grad_batches 16": HERE + "test_imagenet_fits",
+    "glnet fit --config configs/imagenet_glnet_4g_tklb.yaml --data.root /data/imagenet "
+    "--data.token_labels /data/label_top5_train_nfnet": HERE + "test_token_labeling_commands",
+    "glnet validate --config configs/imagenet_glnet_4g_tklb.yaml --data.root /data/imagenet "
+    "--model.init_weights glnet_4g_tklb.pth": HERE + "test_token_labeling_commands",
     # Notebooks and slot figures
     "glnet viz runs/fashion_mnist/checkpoints/best.ckpt --out figures/": HERE + "test_fashion_mnist_commands",
     "pip install 'glnet-lightning[analysis]'": HERE + "test_set_up_commands",
@@ -445,6 +449,31 @@ def test_published_weights_validate_then_fine_tune(machine, readme_dir, conforma
     # the scaled learning rate (4 / 2048 of 2e-3); a fresh initialisation differs by about 0.1
     weights = [k for k in start if not k.startswith("head.") and not k.endswith(BATCH_NORM_STATISTICS)]
     assert max((tuned[k].float() - start[k]).abs().max().item() for k in weights) < 1e-3
+
+
+@pytest.mark.slow
+def test_token_labeling_commands(machine, readme_dir, imagenet_token_labels, conformance, capsys, caplog):
+    """The published GLNet-4G token-labeling file (its keys and shapes) evaluated as it is, then a step of
+    training on the tree's generated label maps. 64 px images, so the final grid (and the label grid) is
+    2 x 2 and MixToken has room for a box."""
+    where = {**machine, "/data/label_top5_train_nfnet": str(imagenet_token_labels)}
+    options = [*readme_cpu_override(), *fit_args({**IMAGENET_STEPS, "data.image_size": 64}),
+               "--model.token_labeling.label_size", "2"]
+    run_dir = readme_dir / "runs" / "glnet_4g_tklb"
+    torch.save({"model": published_state_dict(conformance, "glnet_4g_tklb")}, readme_dir / "glnet_4g_tklb.pth")
+    with caplog.at_level("INFO"):
+        ok(capsys, "glnet validate --config configs/imagenet_glnet_4g_tklb.yaml --data.root /data/imagenet "
+                   "--model.init_weights glnet_4g_tklb.pth", *options, where=where)
+    assert "init_weights: the raw weights (model) of glnet_4g_tklb.pth" in caplog.text
+    assert "re-initialised: the file has 1000 classes, the model 4" in caplog.text  # both heads: 4 classes here
+    assert len(scalars(run_dir, "val/acc1")) == 1
+
+    ok(capsys, "glnet fit --config configs/imagenet_glnet_4g_tklb.yaml --data.root /data/imagenet "
+               "--data.token_labels /data/label_top5_train_nfnet", *options, where=where)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True, mmap=True)
+    assert checkpoint["global_step"] == 1 and "ema_state_dict" not in checkpoint  # the recipe has no EMA
+    assert checkpoint["hyper_parameters"]["token_labeling"]["dense_weight"] == 0.5
+    assert len(scalars(run_dir, "train/loss")) == 1
 
 
 @pytest.mark.slow

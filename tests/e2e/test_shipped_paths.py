@@ -26,6 +26,8 @@ from testkit import CPU_OVERRIDES, fit_args, one_error_line, run_script, scalars
 REPO = Path(__file__).resolve().parents[2]
 IMAGENET_CONFIGS = ["imagenet_glnet_stl.yaml", "imagenet_glnet_stl_1gpu.yaml", "imagenet_glnet_4g.yaml",
                     "imagenet_glnet_9g.yaml", "imagenet_glnet_16g.yaml"]
+#: The token-labeling configs: their fits need label maps (tests/e2e/test_token_labeling.py and the README's).
+TOKEN_LABELING_CONFIGS = ["imagenet_glnet_4g_tklb.yaml", "imagenet_glnet_9g_tklb.yaml"]
 GRID_VARIANTS = ["stl", "local_wmhsa_w7", "kmeans_hash"]  # in file order, as the table lists them
 
 #: The CPU overrides at the least that still trains and validates: one batch each, 32 px images (the
@@ -40,6 +42,9 @@ RUN_BY = {
     **{f"configs/{name}": "tests/e2e/test_shipped_paths.py::test_imagenet_config_fits_validates_and_checkpoints"
        for name in IMAGENET_CONFIGS},
     "configs/fashion_mnist.yaml": "tests/cli/test_cli_e2e.py::test_fit_then_validate_and_predict",
+    "configs/imagenet_glnet_4g_tklb.yaml": "tests/e2e/test_readme_commands.py::test_token_labeling_commands",
+    "configs/imagenet_glnet_9g_tklb.yaml":
+        "tests/e2e/test_token_labeling.py::test_glnet_9g_tklb_config_fits_then_validates",
     "sweeps/ablation_stl.yaml": "tests/e2e/test_shipped_paths.py::test_ablation_grid_on_imagenet_then_table",
     "sweeps/ablation_fashion_mnist.yaml": "tests/sweeps/test_grid.py::test_real_tiny_fit_runs_resumably_and_logs_top1",
     "sweeps/optuna_slots_kernel_imagenet.yaml":
@@ -48,7 +53,8 @@ RUN_BY = {
 }
 
 #: sub-config files: each is run through the ImageNet configs that name it (checked below).
-SUB_CONFIGS = ["configs/imagenet/data.yaml", "configs/imagenet/trainer_8gpu.yaml"]
+SUB_CONFIGS = ["configs/imagenet/data.yaml", "configs/imagenet/trainer_8gpu.yaml",
+               "configs/imagenet/trainer_8gpu_tklb.yaml"]
 
 
 def _values(run_dir: Path, tag: str) -> list[float]:
@@ -75,7 +81,8 @@ def test_every_shipped_file_is_run_by_a_test():
         assert function in names, f"{test} does not exist"
     # sub-config files are run through the top-level configs that name them
     named = {str((REPO / "configs" / value).resolve().relative_to(REPO))
-             for name in IMAGENET_CONFIGS for value in yaml.safe_load((REPO / "configs" / name).read_text()).values()
+             for name in IMAGENET_CONFIGS + TOKEN_LABELING_CONFIGS
+             for value in yaml.safe_load((REPO / "configs" / name).read_text()).values()
              if isinstance(value, str) and value.endswith(".yaml")}
     sub_configs = {str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*/*.yaml")}
     assert sub_configs == set(SUB_CONFIGS), f"sub-config files changed: update SUB_CONFIGS ({sorted(sub_configs)})"

@@ -56,3 +56,15 @@ def test_scale_lr_and_bad_arguments():
         scale_lr(1e-3, 0, 2048)
     with pytest.raises(ValueError):
         WarmupCosine(base_lr=1.0, total_steps=10, warmup_steps=11)
+
+
+def test_cooldown_holds_the_floor_after_the_cosine():
+    """The token-labeling recipe: the cosine ends ``cooldown_steps`` early, the rest is spent at ``min_lr``."""
+    s = WarmupCosine(base_lr=1.0, total_steps=120, warmup_steps=10, min_lr=0.01, cooldown_steps=10)
+    plain = WarmupCosine(base_lr=1.0, total_steps=110, warmup_steps=10, min_lr=0.01)
+    assert [s.lr_at(t) for t in range(111)] == [plain.lr_at(t) for t in range(111)]
+    assert s.lr_at(60) == pytest.approx(0.505)  # half way down a cosine of 100 steps, not of 110
+    assert [s.lr_at(t) for t in range(110, 121)] == [pytest.approx(0.01)] * 11
+    assert "cooldown_steps=10" in repr(s) and "cooldown" not in repr(plain)
+    with pytest.raises(ValueError, match="cooldown_steps=6"):
+        WarmupCosine(base_lr=1.0, total_steps=10, warmup_steps=5, cooldown_steps=6)

@@ -13,7 +13,9 @@ from testkit import published_state_dict, tiny, tiny_named
 
 TINY = tiny(num_classes=3)
 # docs/design.md, section 2: parameters in millions at 1000 classes.
-PAPER_PARAMS_M = {"glnet_stl": 30.30, "glnet_stl_paramslot": 30.48, "glnet_4g": 27.00, "glnet_9g": 60.01, "glnet_16g": 106.06}
+# The token-labeling models add a token head: issue 27 gives their counts.
+PAPER_PARAMS_M = {"glnet_stl": 30.30, "glnet_stl_paramslot": 30.48, "glnet_4g": 27.00, "glnet_9g": 60.01, "glnet_16g": 106.06,
+                  "glnet_4g_tklb": 27.51, "glnet_9g_tklb": 60.78}
 
 
 def n_params_m(model) -> float:
@@ -42,6 +44,8 @@ def test_published_layout_loads_strictly(conformance, name, tmp_path):
     assert torch.equal(model.head.weight, source["head.weight"])
     assert torch.equal(model.stages[2].blocks[0].mixer.global_branch.relation.qkv.weight,
                        source["stages.2.blocks.0.relation_mha.in_proj_weight"])
+    if "tklb_aux_head.weight" in source:  # the token-labeling models' token head
+        assert torch.equal(model.aux_head.weight, source["tklb_aux_head.weight"])
 
 
 @pytest.mark.slow

@@ -173,3 +173,24 @@ def postgres_url() -> Iterator[str]:
         subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
                        capture_output=True, timeout=120)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ token labels
+@pytest.fixture(scope="session")
+def imagenet_token_labels(imagenet_tree, tmp_path_factory) -> Path:
+    """LV-ViT-style label maps for the training images of ``imagenet_tree``: ``DIR/<class>/<image stem>.pt``,
+    each a (2, k=3, S=8, S=8) float tensor (top-k scores, top-k class indices as floats) whose top class is
+    the image's own everywhere, the other two classes in a random order per map, scores varying per cell."""
+    root = tmp_path_factory.mktemp("imagenet_token_labels")
+    classes = sorted(p.name for p in (imagenet_tree / "train").iterdir())
+    g = torch.Generator().manual_seed(27)
+    for index, name in enumerate(classes):
+        (root / name).mkdir()
+        for image in sorted((imagenet_tree / "train" / name).iterdir()):
+            others = [c for c in range(len(classes)) if c != index]
+            order = torch.tensor([index] + [others[i] for i in torch.randperm(len(others), generator=g)[:2]])
+            scores = torch.rand(3, 8, 8, generator=g).sort(0, descending=True).values
+            scores *= torch.tensor([8.0, 2.0, 1.0]).view(3, 1, 1)
+            label_map = torch.stack([scores, order.float().view(3, 1, 1).expand(3, 8, 8)])
+            torch.save(label_map.clone(), root / name / f"{image.stem}.pt")
+    return root
