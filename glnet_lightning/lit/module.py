@@ -40,7 +40,7 @@ __all__ = ["GLNetModule", "TokenLabeling"]
 
 @dataclass
 class TokenLabeling:
-    """The token-labeling recipe (LV-ViT; docs/architecture.md, *Token labeling*): the class output is scored
+    """The token-labeling recipe (LV-ViT; docs/design.md, section 6): the class output is scored
     against the crop's soft label and every token of the auxiliary head against its own, both read from the
     label maps the training batches carry (``--data.token_labels DIR``). Needs a model with ``use_aux_head``
     (``glnet_4g_tklb``, ``glnet_9g_tklb``); MixToken takes the place of Mixup/CutMix.
