@@ -188,6 +188,9 @@ class GLNetModule(LightningModule):
                              f"cooldown_epochs >= 0; got lr={lr}, base_batch_size={base_batch_size}, "
                              f"weight_decay={weight_decay}, warmup_epochs={warmup_epochs}, min_lr={min_lr}, "
                              f"cooldown_epochs={cooldown_epochs}")
+        if num_classes < 2:  # (torchmetrics would stop later with its own words)
+            raise ValueError(f"num_classes={num_classes}: a classifier needs at least 2 classes; an ImageNet-style "
+                             f"--data.root needs at least 2 class folders under train/ and val/")
         if slot_map_every_n_epochs < 0:
             raise ValueError(f"slot_map_every_n_epochs must be >= 0, got {slot_map_every_n_epochs}")
         if init_weights_key not in WEIGHTS_CHOICES:

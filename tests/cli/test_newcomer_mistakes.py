@@ -138,3 +138,13 @@ def test_an_error_in_a_loader_worker_is_its_own_one_line(tmp_path):
         next(iter(DataLoader(Broken(), num_workers=1)))
     assert "Original Traceback" in str(caught.value)  # what torch gives
     assert _one_line(caught.value) == f"cannot read image {tmp_path}/a.JPEG: truncated"
+
+
+def test_a_tree_with_one_class_folder_says_a_classifier_needs_two(tmp_path, capsys):
+    from testkit import jpeg_tree
+
+    root = jpeg_tree(tmp_path / "tree", ["n00000001"], {"train": 2, "val": 1}, sizes=[(40, 40)])
+    code = main(["fit", "--config", IMAGENET_4G, "--data.root", str(root), *CPU_OVERRIDES.split(),
+                 "--trainer.default_root_dir", str(tmp_path / "run")])
+    errors = error_lines(capsys)
+    assert code == 2 and len(errors) == 1 and "at least 2 class folders" in errors[0], errors
