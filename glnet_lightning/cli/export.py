@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from glnet_lightning.analysis.checkpoints import CheckpointError, load_model, model_spec_arg
+from glnet_lightning.analysis.checkpoints import CheckpointError, load_model
 from glnet_lightning.export import (FORMATS, MIN_SIDE, TOLERANCE, ExportError, StageOutputs, check_format,
                                     export_model, input_channels, load_exported, verify_export, within_tolerance)
-from glnet_lightning.models.weights import WeightsError
+from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
 from .errors import FAILED, CommandParser, parse_args, report
+from .viz import add_checkpoint_arguments
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -30,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  glnet export runs/glnet_stl/checkpoints/best.ckpt --format onnx --out glnet_stl.onnx\n"
                "  glnet export glnet_4g.pth --format pt2 --out glnet_4g.pt2 --img-size 224 --batch 8",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path,
-                        help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
+    add_checkpoint_arguments(parser, check_weights=False)
     parser.add_argument("--format", dest="fmt", metavar="{onnx,pt2}",
                         help="output format (default: from the --out suffix)")
     parser.add_argument("--out", type=Path, help="output file (default: the checkpoint's name with the format's suffix)")
@@ -39,17 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="example (and checked) input size (default: the size the model was trained at)")
     parser.add_argument("--batch", type=int, default=1,
                         help="batch of the checked input (default: 1); the exported batch is always dynamic")
-    parser.add_argument("--weights", default="auto", metavar="{auto,raw,ema}",
-                        help="the raw or the EMA weights of a file that has both (default auto: the raw 'model' of "
-                             "a published file, the EMA of a fit checkpoint that kept one)")
     parser.add_argument("--fixed-size", action="store_true",
                         help="export for --img-size only (for models whose height/width cannot be dynamic, such as "
                              "the window_mhsa ablation)")
     parser.add_argument("--features", action="store_true",
                         help="export forward_intermediates (final features and every stage's map) instead of logits")
-    parser.add_argument("--model", type=model_spec_arg, metavar="NAME[:KEY=VALUE,...]",
-                        help="the network of a state dict file, as in glnet bench: a named model with settings "
-                             "changed, e.g. glnet_stl:num_slots=16,depths=[1,1,2,1] (published files are recognised)")
     return parser
 
 
@@ -61,7 +55,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ExportError(f"give --format ({' or '.join(FORMATS)}) or an --out file ending in "
                           f"{' or '.join(FORMATS.values())}")
     check_format(args.fmt)
-    if args.weights not in ("auto", "raw", "ema"):
+    if args.weights not in WEIGHTS_CHOICES:
         raise ExportError(f"--weights {args.weights!r}: choose auto, raw or ema")
     if args.img_size is not None and (len(args.img_size) > 2 or min(args.img_size) < 1):
         raise ExportError(f"--img-size takes a height and optionally a width (positive), got {args.img_size}")

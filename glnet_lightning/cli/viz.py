@@ -17,7 +17,22 @@ from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
 from .errors import CommandParser, parse_args, report
 
-__all__ = ["main", "build_parser", "write_figures"]
+__all__ = ["main", "add_checkpoint_arguments", "build_parser", "write_figures"]
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, check_weights: bool = True) -> None:
+    """The checkpoint a command loads a model from (``analysis.checkpoints.load_model``), as ``glnet viz`` and
+    ``glnet export`` both take it: the file, ``--model`` for a state dict, ``--weights`` raw or EMA.
+    ``check_weights``: argparse refuses another ``--weights`` (export checks it itself, with its own message)."""
+    parser.add_argument("checkpoint", type=Path,
+                        help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
+    parser.add_argument("--model", type=model_spec_arg, metavar="NAME[:KEY=VALUE,...]",
+                        help="the network of a state dict file, as in glnet bench: a named model with settings "
+                             "changed, e.g. glnet_stl:num_slots=16,depths=[1,1,2,1] (published files are recognised)")
+    parser.add_argument("--weights", default="auto", choices=WEIGHTS_CHOICES if check_weights else None,
+                        metavar=None if check_weights else "{" + ",".join(WEIGHTS_CHOICES) + "}",
+                        help="the raw or the EMA weights of a file that has both (default auto: the raw 'model' of "
+                             "a published file, the EMA of a fit checkpoint that kept one)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  glnet viz runs/fashion_mnist/checkpoints/last.ckpt --out figures\n"
                "  glnet viz glnet_stl.pth --model glnet_stl --images cat.jpg dog.png --blocks 2 5 10",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path,
-                        help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--early", type=Path, metavar="CHECKPOINT",
                         help="an earlier checkpoint of the same model, for the early-vs-late comparison")
     parser.add_argument("--images", nargs="+", metavar="PATH",
@@ -42,12 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("slot_figures"), help="output folder (default: slot_figures)")
     parser.add_argument("--size", type=int, help="input resolution (default: the model's training size)")
     parser.add_argument("--slots", type=int, default=4, help="representative slots per block (default: 4)")
-    parser.add_argument("--model", type=model_spec_arg, metavar="NAME[:KEY=VALUE,...]",
-                        help="the network of a state dict file, as in glnet bench: a named model with settings "
-                             "changed, e.g. glnet_stl:num_slots=16,depths=[1,1,2,1] (published files are recognised)")
-    parser.add_argument("--weights", choices=WEIGHTS_CHOICES, default="auto",
-                        help="the raw or the EMA weights of a file that has both (default auto: the raw 'model' of "
-                             "a published file, the EMA of a fit checkpoint that kept one)")
     return parser
 
 

@@ -4,7 +4,7 @@ A label map ``DIR/<class>/<image stem>.pt`` is a (2, k, S, S) tensor (top-k scor
 indices) over the whole image; the network sees a crop of it, perhaps flipped and then rotated,
 sheared or shifted by RandAugment. The targets (:func:`glnet_lightning.token_labeling.token_label_targets`)
 cut the crop out of the map with RoIAlign over a box, so every step that moves pixels moves the box or
-the map the same way: the crop is recorded as the box (a third row, DESIGN.md section 6), a flip
+the map the same way: the crop is recorded as the box (a third row, docs/design.md section 6), a flip
 mirrors map and box, and a geometric RandAugment operation resamples the map with the parameters
 timm drew for the image. Photometric steps and random erasing touch the image only.
 
