@@ -17,7 +17,7 @@ from typing import NoReturn
 from glnet_lightning.errors import did_you_mean
 
 __all__ = ["FAILED", "INTERRUPTED", "SIGTERM_EXIT_CODE", "USAGE_ERROR", "CommandParser", "exit_code",
-           "parse_args", "report"]
+           "option_strings", "parse_args", "report", "unknown_options"]
 
 #: The command ran and found a failure the user cannot fix by changing the command (a trial or variant
 #: failed, an export differs from eager).
@@ -59,6 +59,19 @@ def report(prog: str, exc: BaseException | str, code: int = USAGE_ERROR) -> int:
     return code
 
 
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """The ``--long`` options ``parser`` takes (argparse's action list, which jsonargparse keeps too)."""
+    return [o for action in getattr(parser, "_actions", []) for o in action.option_strings if o.startswith("--")]
+
+
+def unknown_options(message: str, options: Sequence[str]) -> str | None:
+    """argparse's ``unrecognized arguments: ...`` as ``unknown option --x (did you mean --y?); ...`` naming the
+    closest of ``options``, or None for another message (or one naming no option)."""
+    unknown = re.match(r"unrecognized arguments: (.*)$", " ".join(message.split()))
+    keys = [word.split("=")[0] for word in unknown.group(1).split() if word.startswith("-")] if unknown else []
+    return "; ".join(f"unknown option {key}{did_you_mean(key, options)}" for key in keys) or None
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse for the ``glnet`` commands: no prefix matching, and a mistake is one line.
 
@@ -73,11 +86,6 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        unknown = re.match(r"unrecognized arguments: (.*)$", message)
-        if unknown:
-            options = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
-            words = unknown.group(1).split()
-            message = "; ".join(f"unknown option {w}{did_you_mean(w.split('=')[0], options)}" for w in words
-                                if w.startswith("-")) or message
+        message = unknown_options(message, option_strings(self)) or message
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(USAGE_ERROR)

@@ -51,10 +51,10 @@ from glnet_lightning.lit.nonfinite import TrainingDiverged
 from glnet_lightning.lit.preemption import PreemptionCheckpoint
 from glnet_lightning.lit.run_checkpoint import RunCheckpoint
 
-from glnet_lightning.errors import UserError, close_matches, did_you_mean
+from glnet_lightning.errors import UserError, close_matches
 from glnet_lightning.models.weights import WeightsError
 
-from .errors import SIGTERM_EXIT_CODE
+from .errors import SIGTERM_EXIT_CODE, option_strings, unknown_options
 
 __all__ = ["GLNetCLI", "GLNetTrainer", "ConfigError", "RunError", "CHECKPOINT_DEFAULTS", "build_cli",
            "check_run_config"]
@@ -135,25 +135,21 @@ def _unknown_key_message(parser: LightningArgumentParser, args: Any, text: str) 
     """An unknown option (``--trainer.max_step``) or config key (``trainer: {max_step: 3}``) as one line naming
     the closest real one."""
     text = " ".join(text.split())
-    unknown = re.match(r"unrecognized arguments: (.*)$", text)
     config_key = re.match(r"Subcommand '(\w+)' does not accept option '([^']+)'", text)
-    if unknown:
-        keys = [word.split("=")[0] for word in unknown.group(1).split() if word.startswith("--")]
-    elif config_key:
-        keys = ["--" + config_key.group(2)]
-    else:
+    if config_key:  # a key of a config file, in the form of the option that sets it
+        text = f"unrecognized arguments: --{config_key.group(2)}"
+    elif not text.startswith("unrecognized arguments: "):
         return None
+    first = next((word for word in text.split()[2:] if word.startswith("-")), "")
+    if first.split("=")[0] == "--model.help":  # the model is not chosen by class: GLNetModule always
+        return ("the model is always GLNetModule: its options are in glnet fit --help (--model.*); the network's "
+                "settings: --model.backbone.help glnet_stl (or any named model, GLNetArgs, TimmModel)")
     subparsers = _subcommand_parsers(parser)
     subcommand = config_key.group(1) if config_key else next(
         (a for a in (args or []) if isinstance(a, str) and a in subparsers), None)
-    options = _option_strings(subparsers.get(subcommand, parser))
-    if not keys:
-        return None
-    if keys[0] == "--model.help":  # the model is not chosen by class: GLNetModule always
-        return ("the model is always GLNetModule: its options are in glnet fit --help (--model.*); the network's "
-                "settings: --model.backbone.help glnet_stl (or any named model, GLNetArgs, TimmModel)")
+    message = unknown_options(text, option_strings(subparsers.get(subcommand, parser)))
     where = f"{parser.prog} {subcommand} --help" if subcommand else f"{parser.prog} --help"
-    return "; ".join(f"unknown option {key}{did_you_mean(key, options)}" for key in keys) + f" (see {where})"
+    return message and f"{message} (see {where})"
 
 
 def _subcommand_parsers(parser: Any) -> dict[str, Any]:
@@ -162,10 +158,6 @@ def _subcommand_parsers(parser: Any) -> dict[str, Any]:
         if isinstance(getattr(action, "choices", None), dict):
             return dict(action.choices)
     return {}
-
-
-def _option_strings(parser: Any) -> list[str]:
-    return [o for action in getattr(parser, "_actions", []) for o in action.option_strings if o.startswith("--")]
 
 
 def _one_line(exc: BaseException) -> str:
