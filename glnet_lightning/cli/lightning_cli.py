@@ -35,7 +35,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -131,6 +131,23 @@ def _backbone_message(text: str) -> str | None:
     return f"{key} ({short}): {reason}"
 
 
+def _module_option_message(text: str) -> str | None:
+    """An unknown option of a module chosen by class path (``--model.lrr``) as one line naming the closest one."""
+    m = re.search(r"Problem with given class_path '([^']+)': Option '([^']+)' is not accepted", text)
+    if not text.startswith('Parser key "model":') or not m:
+        return None
+    import inspect
+
+    class_path, option = m.groups()
+    cls = _module_class(class_path)
+    if cls is None:
+        return None
+    options = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+    close = close_matches(option, options)
+    hint = f"did you mean {close[0]}?" if close else f"its options are {options}"
+    return f"model.{option}: {class_path.rpartition('.')[2]} has no such option; {hint}"
+
+
 def _unknown_key_message(parser: LightningArgumentParser, args: Any, text: str) -> str | None:
     """An unknown option (``--trainer.max_step``) or config key (``trainer: {max_step: 3}``) as one line naming
     the closest real one."""
@@ -141,9 +158,10 @@ def _unknown_key_message(parser: LightningArgumentParser, args: Any, text: str) 
     elif not text.startswith("unrecognized arguments: "):
         return None
     first = next((word for word in text.split()[2:] if word.startswith("-")), "")
-    if first.split("=")[0] == "--model.help":  # the model is not chosen by class: GLNetModule always
-        return ("the model is always GLNetModule: its options are in glnet fit --help (--model.*); the network's "
-                "settings: --model.backbone.help glnet_stl (or any named model, GLNetArgs, TimmModel)")
+    if first.split("=")[0] == "--model.help":  # a classification run: the model is not chosen by class
+        return ("this run's model is GLNetModule: its options are in glnet fit --help (--model.*); the network's "
+                "settings: --model.backbone.help glnet_stl (or any named model, GLNetArgs, TimmModel); a config "
+                "whose model names a class_path (the ade20k_* and coco_* configs) takes --model.help CLASS")
     subparsers = _subcommand_parsers(parser)
     subcommand = config_key.group(1) if config_key else next(
         (a for a in (args or []) if isinstance(a, str) and a in subparsers), None)
@@ -168,7 +186,7 @@ def _one_line(exc: BaseException) -> str:
         text = re.sub(r"^[\w.]+(Error|Exception): ", "", text.strip().splitlines()[-1])
     text = " ".join(text.split())
     text = re.sub(r"^Call to compute_fn of link '[^']*' with args .*?\) failed: ", "", text)
-    backbone = _backbone_message(text)
+    backbone = _backbone_message(text) or _module_option_message(text)
     text = _union_reason(backbone if backbone is not None else text)
     # jsonargparse's 'Parser key "a.b": reason' as 'a.b: reason', the form of every other config error
     return re.sub(r'^Parser key "([^"]+)": ', r"\1: ", text) or type(exc).__name__
@@ -257,8 +275,76 @@ class GLNetTrainer(Trainer):
                          overfit_batches=overfit_batches, val_check_interval=val_check_interval, **kwargs)
 
 
+def _config_files(args: Any) -> list[str]:
+    """The ``--config FILE`` values of a command line, in order (``--config=FILE`` too)."""
+    words = [a for a in (args or []) if isinstance(a, str)]
+    files = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--config"]
+    return files + [w.split("=", 1)[1] for w in words if w.startswith("--config=")]
+
+
+def _named_model(args: Any) -> str | None:
+    """The model class a command line names: ``--model CLASS`` or a config's ``model: {class_path: ...}``
+    (the last one wins, as in LightningCLI); None for the classification configs, which name none."""
+    words = [a for a in (args or []) if isinstance(a, str)]
+    named = None
+    for path in _config_files(args):
+        try:
+            model = yaml.safe_load(Path(path).expanduser().read_text()).get("model")
+        except (OSError, yaml.YAMLError, AttributeError):  # LightningCLI reports a bad config file its own way
+            continue
+        if isinstance(model, Mapping) and isinstance(model.get("class_path"), str):
+            named = model["class_path"]
+    for i, word in enumerate(words):
+        if word == "--model" and i + 1 < len(words) and not words[i + 1].startswith("-"):
+            named = words[i + 1]
+        elif word.startswith("--model="):
+            named = word.split("=", 1)[1]
+    return named
+
+
+def _model_class(args: Any) -> tuple[type[LightningModule], bool]:
+    """``(model_class, subclass_mode)``: :class:`GLNetModule` for the classification configs, any
+    LightningModule chosen by class path (``SegmentationModule``, ``DetectionModule``) otherwise.
+
+    Why not always subclass mode: the classification configs and every command the README shows set
+    ``model.backbone`` directly; a task module named by ``class_path`` is the only case that needs it."""
+    named = _named_model(args)
+    if named is None or named.rpartition(".")[2] == GLNetModule.__name__:
+        return GLNetModule, named is not None
+    return LightningModule, True
+
+
+def _module_class(class_path: str) -> type | None:
+    """The class a ``class_path`` names (a short name: one of ``glnet_lightning.lit``); None when it does not
+    import, which LightningCLI then reports in its own words."""
+    import importlib
+
+    import glnet_lightning.lit as lit
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module) if module else lit, name, None)
+    except ImportError:
+        return None
+
+
+def _checkpoint_defaults(args: Any) -> dict[str, Any]:
+    """:data:`CHECKPOINT_DEFAULTS` with the metric the chosen module ranks checkpoints by: its class
+    attribute ``CHECKPOINT_MONITOR`` (``("val/mIoU", "max")``), ``val/acc1`` for the classifier."""
+    named = _named_model(args)
+    cls = _module_class(named) if named is not None else None
+    monitor, mode = getattr(cls, "CHECKPOINT_MONITOR", (CHECKPOINT_DEFAULTS["monitor"], CHECKPOINT_DEFAULTS["mode"]))
+    return {**CHECKPOINT_DEFAULTS, "monitor": monitor, "mode": mode}
+
+
+def _model_args(model: Any) -> Any:
+    """The module's own arguments in a parsed config: ``model`` itself, or its ``init_args`` in subclass mode."""
+    return model.get("init_args", model) if hasattr(model, "get") and model.get("class_path") else model
+
+
 class GLNetCLI(LightningCLI):
-    """LightningCLI with :class:`GLNetModule` as the model and any LightningDataModule as ``data``."""
+    """LightningCLI with :class:`GLNetModule` as the model and any LightningDataModule as ``data``;
+    a config whose ``model`` names a ``class_path`` (the dense-prediction modules) chooses its module."""
 
     def __init__(self, args: Any = None, **kwargs: Any) -> None:
         # allow_abbrev: no prefix matching, so a typo (--trainer.max_step) cannot set another option
@@ -268,10 +354,14 @@ class GLNetCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveFitConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config
         kwargs.setdefault("trainer_class", GLNetTrainer)
+        model_class, subclass_mode = _model_class(args)
+        self._subclass_mode_model = subclass_mode
+        self._checkpoint_defaults = _checkpoint_defaults(args)
         try:  # LightningCLI runs the subcommand inside __init__
             super().__init__(
-                GLNetModule,
+                model_class,
                 LightningDataModule,
+                subclass_mode_model=subclass_mode,
                 subclass_mode_data=True,
                 auto_configure_optimizers=False,
                 parser_kwargs=parser_kwargs,
@@ -287,8 +377,9 @@ class GLNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.epilog = DATA_EPILOG
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
-        parser.set_defaults({f"checkpoint.{k}": v for k, v in CHECKPOINT_DEFAULTS.items()})
-        parser.link_arguments("data", "model.num_classes", compute_fn=_num_classes_of, apply_on="instantiate")
+        parser.set_defaults({f"checkpoint.{k}": v for k, v in self._checkpoint_defaults.items()})
+        target = "model.init_args.num_classes" if self._subclass_mode_model else "model.num_classes"
+        parser.link_arguments("data", target, compute_fn=_num_classes_of, apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="fit only: evaluate the best checkpoint on the test set when training ends")
 
@@ -308,8 +399,8 @@ class GLNetCLI(LightningCLI):
             raise ConfigError(_unknown_key_message(parser, args, str(exc)) or _one_line(exc)) from exc
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        model = config.get("model")
-        if model is None:
+        model = _model_args(config.get("model"))
+        if model is None or model.get("backbone") is None:
             return
         try:
             description = resolve_backbone(model.backbone)
