@@ -15,6 +15,9 @@ with larger maps cannot take 1 x 1 ones). A smaller ``--img-size`` (e.g. a 32 px
 model) exports that size only, with a dynamic batch. The graph computes what eager inference
 computes, without its CPU-only shortcuts (pixel-chunked MLPs, cropped depthwise kernels; see
 ``models/pixel_chunks.py`` and ``models/layers.py``): the same values up to float rounding.
+
+A ``SegmentationModule`` checkpoint (:func:`task_checkpoint`) exports its per-pixel logits for sides that are
+multiples of 32 (:func:`size_multiple`).
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from torch import nn
 from glnet_lightning.errors import UserError
 
 __all__ = ["FORMATS", "MIN_SIDE", "ExportError", "StageOutputs", "check_format", "dynamic_shapes", "export_model",
-           "input_channels", "load_exported", "verify_export", "within_tolerance", "TOLERANCE"]
+           "input_channels", "load_exported", "size_multiple", "task_checkpoint", "verify_export", "within_tolerance",
+           "TOLERANCE"]
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
 MIN_SIDE = 64
@@ -60,15 +64,47 @@ def input_channels(model: nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
-def dynamic_shapes(height: int, width: int, fixed_size: bool = False) -> tuple[dict[int, Any]]:
+def dynamic_shapes(height: int, width: int, fixed_size: bool = False, multiple: int = 1) -> tuple[dict[int, Any]]:
     """``torch.export`` dims for the single image input: a dynamic batch, and a dynamic height / width
-    of at least :data:`MIN_SIDE` when the example is that large and ``fixed_size`` is not asked for."""
+    of at least :data:`MIN_SIDE` when the example is that large and ``fixed_size`` is not asked for;
+    with ``multiple`` > 1 (a segmentation model, :func:`size_multiple`) any multiple of it."""
     from torch.export import Dim
 
     dims: dict[int, Any] = {0: Dim("batch", min=1)}
     if not fixed_size and min(height, width) >= MIN_SIDE:
-        dims[2], dims[3] = Dim("height", min=MIN_SIDE), Dim("width", min=MIN_SIDE)
+        if multiple > 1:
+            low = -(-MIN_SIDE // multiple)
+            dims[2], dims[3] = multiple * Dim("height_blocks", min=low), multiple * Dim("width_blocks", min=low)
+        else:
+            dims[2], dims[3] = Dim("height", min=MIN_SIDE), Dim("width", min=MIN_SIDE)
     return (dims,)
+
+
+def size_multiple(model: nn.Module) -> int:
+    """What an exported graph's dynamic sides must be a multiple of: 1, or a segmentation model's
+    ``size_divisor`` (32). Eager, it pads any size to it and crops the logits back; ``torch.export`` cannot
+    prove that the padded maps halve exactly stage after stage for every size, so the exported graph takes
+    padded sides (pad the image with zeros after normalising, crop the logits)."""
+    return int(getattr(model, "size_divisor", 1))
+
+
+def task_checkpoint(path: str | Path) -> tuple[nn.Module, int, str] | None:
+    """The network of a ``fit`` checkpoint of a task module (``SegmentationModule``), the crop side it trained at
+    and a label; None for any other file (``analysis.checkpoints.load_model`` reads GLNetModule checkpoints
+    and state dicts)."""
+    from glnet_lightning.lit import SegmentationModule
+
+    try:  # mmap: only the hyper-parameters are read unless it is a task checkpoint
+        checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # not a zip checkpoint, missing, ...: load_model reports it in its own words
+        return None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not isinstance(hparams, dict) or str(hparams.get("_class_path", "")).rpartition(".")[2] != "SegmentationModule":
+        return None
+    module = SegmentationModule.load_from_checkpoint(path, map_location="cpu")
+    crop = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("crop_size") or 512)
+    step = checkpoint.get("global_step")
+    return module.model.eval(), crop, f"{Path(path).name}" + (f" (step {step})" if step is not None else "")
 
 
 def check_format(fmt: str) -> None:
@@ -97,9 +133,14 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, height: int, width
     # (GLNetModule.configure_model), which make every map channels_last and give the dynamic
     # height/width stride guards that torch.export cannot prove; the layout changes no value
     model = model.eval().to(memory_format=torch.contiguous_format)
+    multiple = size_multiple(model)
+    if not fixed_size and (height % multiple or width % multiple):
+        raise ExportError(f"--img-size {height} {width}: a {type(model).__name__} exports for sides that are "
+                          f"multiples of {multiple} (pad images to them); give such a size, or --fixed-size")
     example = torch.randn(max(batch, 2), input_channels(model), height, width)
     with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes(height, width, fixed_size))
+        program = torch.export.export(model, (example,),
+                                      dynamic_shapes=dynamic_shapes(height, width, fixed_size, multiple))
     if fmt == "pt2":
         torch.export.save(program, out)
         return out

@@ -13,7 +13,8 @@ import torch
 
 from glnet_lightning.analysis.checkpoints import CheckpointError, load_model
 from glnet_lightning.export import (FORMATS, MIN_SIDE, TOLERANCE, ExportError, StageOutputs, check_format,
-                                    export_model, input_channels, load_exported, verify_export, within_tolerance)
+                                    export_model, input_channels, load_exported, task_checkpoint, verify_export,
+                                    within_tolerance)
 from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
 from .errors import FAILED, CommandParser, parse_args, report
@@ -67,13 +68,20 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> bool:
     """Load, export, verify; prints what it did and returns whether the file matches eager."""
-    loaded = load_model(args.checkpoint, args.model, weights=args.weights)
-    model = loaded.model.eval()
+    task = task_checkpoint(args.checkpoint)  # a segmentation run: its per-pixel logits
+    if task is not None:
+        model, size, label = task
+        if args.model is not None or args.weights not in ("auto", "raw"):
+            raise ExportError(f"{args.checkpoint} is a segmentation checkpoint: it records its own model and has raw "
+                              "weights only; drop --model / --weights")
+    else:
+        loaded = load_model(args.checkpoint, args.model, weights=args.weights)
+        model, size, label = loaded.model.eval(), loaded.preprocess.size, loaded.label
     if args.features:
         if not hasattr(model, "forward_intermediates"):
             raise ExportError(f"{type(model).__name__} has no forward_intermediates: export its logits")
         model = StageOutputs(model).eval()
-    height, width = (args.img_size * 2)[:2] if args.img_size else (loaded.preprocess.size,) * 2
+    height, width = (args.img_size * 2)[:2] if args.img_size else (size,) * 2
     if not args.fixed_size and min(height, width) < MIN_SIDE:
         print(f"note: {height}x{width} is below {MIN_SIDE} px: the export takes that size only (batch stays dynamic)",
               file=sys.stderr)
@@ -84,7 +92,7 @@ def run(args: argparse.Namespace) -> bool:
     checks = [(args.batch, height, width), (args.batch + 1, *other)]
     generator = torch.Generator().manual_seed(0)
     ok = True
-    print(f"exported {loaded.label} to {args.out} ({args.fmt})")
+    print(f"exported {label} to {args.out} ({args.fmt})")
     exported = load_exported(args.out, args.fmt)
     for b, h, w in checks:
         x = torch.randn(b, input_channels(model), h, w, generator=generator)

@@ -32,10 +32,10 @@ from glnet_lightning.data.resumable import get_rng_states, set_rng_states
 from .lightning_internals import (load_train_loader_states, restart_train_iterator, set_sampler_epoch,
                                   train_loader_states, train_loaders)
 
-__all__ = ["ExactResume"]
+__all__ = ["ExactResume", "gather_objects"]
 
 
-def _gather(trainer, obj: Any) -> list[Any]:
+def gather_objects(trainer, obj: Any) -> list[Any]:
     """``obj`` of every rank, in rank order (this rank's alone outside DDP)."""
     if trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
         return [obj]
@@ -71,7 +71,7 @@ class ExactResume(Callback):
             return {}
         # all_gather_object pickles: tensors travel as CPU tensors and come back as such
         generators = {name: g.get_state() for name, g in _module_generators(trainer).items()}
-        ranks = _gather(trainer, {"rng": get_rng_states(), "generators": generators,
+        ranks = gather_objects(trainer, {"rng": get_rng_states(), "generators": generators,
                                   "loaders": train_loader_states(trainer)})
         return {"world_size": trainer.world_size, "ranks": ranks}
 

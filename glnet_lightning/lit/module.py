@@ -10,7 +10,6 @@ Gradient clipping, precision and devices are Trainer settings, not module argume
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +32,68 @@ from .lightning_internals import attached_trainer
 from .mixing import build_mixup, build_train_criterion, one_hot_smoothed
 from .nonfinite import NonFiniteLossGuard
 from .optim import build_adamw
-from .schedule import WarmupCosine, scale_lr
+from .schedule import WarmupCosine, global_batch_size, planned_steps, scale_lr
 
-__all__ = ["GLNetModule", "TokenLabeling"]
+__all__ = ["GLNetModule", "RecipeModule", "TokenLabeling"]
+
+
+class RecipeModule(LightningModule):
+    """What the three task modules (classification here, ``SegmentationModule``, ``DetectionModule``) share
+    around their networks: the weights they start from and the callbacks every run gets.
+
+    A subclass sets ``nonfinite_guard`` (:class:`NonFiniteLossGuard`), ``optimizer_step_skipped`` (its flag)
+    and ``_init_weights_pending`` (``init_weights`` given) in ``__init__``, and says in
+    :meth:`_load_start_weights` how ``hparams.init_weights`` goes into its network.
+
+    Why the weights are not loaded in ``__init__``: ``load_from_checkpoint`` and ``--ckpt_path`` rebuild the
+    module from hyper-parameters that still name the file, which may be gone by then, and the checkpoint's
+    weights must win. The Trainer restores a checkpoint after ``setup``, so the hooks below load them at the
+    start of fit / validate / test / predict, after any restore (``on_load_checkpoint`` clears the pending
+    load). Call :meth:`load_init_weights` yourself to use the module without a Trainer.
+    """
+
+    nonfinite_guard: NonFiniteLossGuard
+    optimizer_step_skipped: bool = False
+    _init_weights_pending: bool = False
+
+    def _load_start_weights(self) -> str:
+        """Load ``hparams.init_weights`` into the network; returns the line to log."""
+        raise NotImplementedError
+
+    def load_init_weights(self) -> None:
+        """Load ``init_weights`` once, unless a checkpoint has given the weights."""
+        if not self._init_weights_pending:
+            return
+        rank_zero_info(self._load_start_weights())
+        self._init_weights_pending = False
+
+    def on_fit_start(self) -> None:
+        self.load_init_weights()
+
+    def on_validation_start(self) -> None:
+        self.load_init_weights()
+
+    def on_test_start(self) -> None:
+        self.load_init_weights()
+
+    def on_predict_start(self) -> None:
+        self.load_init_weights()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._init_weights_pending = False  # the checkpoint's weights, not init_weights
+
+    def configure_callbacks(self):
+        """The non-finite loss guard, and exact resume unless the Trainer already has it."""
+        from .exact_resume import ExactResume
+
+        callbacks = [self.nonfinite_guard]
+        if not any(isinstance(cb, ExactResume) for cb in self.trainer.callbacks):
+            callbacks.append(ExactResume())
+        return callbacks
+
+    def global_batch_size(self) -> int:
+        """Images per optimizer step over all devices (:func:`~glnet_lightning.lit.schedule.global_batch_size`)."""
+        return global_batch_size(self.trainer)
 
 
 @dataclass
@@ -117,7 +175,7 @@ def _images(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-class GLNetModule(LightningModule):
+class GLNetModule(RecipeModule):
     """Image classification with the GLNet recipe.
 
     Args:
@@ -237,40 +295,15 @@ class GLNetModule(LightningModule):
             return None
         return self.ema.attach(self.model)
 
-    def load_init_weights(self) -> None:
-        """Load ``init_weights`` into the backbone, once, unless a checkpoint has given the weights.
-
-        Why not in ``__init__``: ``load_from_checkpoint`` and ``--ckpt_path`` rebuild this module from
-        hyper-parameters that still name the file, which may be gone by then, and the checkpoint's
-        weights must win. The Trainer restores a checkpoint after ``setup``, so the hooks below call
-        this at the start of fit / validate / test / predict, after any restore (``on_load_checkpoint``
-        clears the pending load) and before the EMA copy is made. Call it yourself to use the module
-        without a Trainer.
-        """
-        if not self._init_weights_pending:
-            return
-        rank_zero_info(load_weights(self.model, self.hparams.init_weights, self.hparams.init_weights_key,
-                                    what="init_weights", option="--model.init_weights_key"))
-        self._init_weights_pending = False
-
-    def on_validation_start(self) -> None:
-        self.load_init_weights()
-
-    def on_test_start(self) -> None:
-        self.load_init_weights()
-
-    def on_predict_start(self) -> None:
-        self.load_init_weights()
+    def _load_start_weights(self) -> str:
+        return load_weights(self.model, self.hparams.init_weights, self.hparams.init_weights_key,
+                            what="init_weights", option="--model.init_weights_key")
 
     def configure_callbacks(self):
-        """The recipe's callbacks: the non-finite loss guard, exact resume and the slot-map images
-        (these two unless the Trainer already has one)."""
-        from .exact_resume import ExactResume
+        """The recipe's callbacks: :class:`RecipeModule`'s and the slot-map images (unless the Trainer has them)."""
         from .slot_maps import SlotMapCallback
 
-        callbacks = [self.nonfinite_guard]
-        if not any(isinstance(cb, ExactResume) for cb in self.trainer.callbacks):
-            callbacks.append(ExactResume())
+        callbacks = super().configure_callbacks()
         every = self.hparams.slot_map_every_n_epochs
         if every == 0 or any(isinstance(cb, SlotMapCallback) for cb in self.trainer.callbacks):
             return callbacks
@@ -332,30 +365,11 @@ class GLNetModule(LightningModule):
         return self.token_label_loss(outputs, target)
 
     # ------------------------------------------------------------------ optimisation
-    def global_batch_size(self) -> int:
-        """Images per optimizer step over all devices: batch x world size x gradient accumulation."""
-        trainer = self.trainer
-        batch = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
-        if batch is None:
-            loader = trainer.train_dataloader
-            batch = getattr(loader, "batch_size", None)
-        if batch is None:
-            raise ValueError("cannot find the per-device batch size for lr scaling: give the data module a "
-                             "`batch_size` attribute")
-        return int(batch) * trainer.world_size * trainer.accumulate_grad_batches
-
     def configure_optimizers(self):
         hp = self.hparams
-        trainer = self.trainer
-        total_steps = trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ValueError("the lr schedule needs a finite length: set trainer.max_epochs or trainer.max_steps")
-        total_steps = max(1, int(total_steps))
-        steps_per_epoch = trainer.num_training_batches / trainer.accumulate_grad_batches
-        if not math.isfinite(steps_per_epoch):
-            steps_per_epoch = total_steps / max(1, trainer.max_epochs or 1)
-        warmup_steps = min(total_steps, round(hp.warmup_epochs * math.ceil(steps_per_epoch)))
-        cooldown_steps = min(total_steps - warmup_steps, round(hp.cooldown_epochs * math.ceil(steps_per_epoch)))
+        total_steps, steps_per_epoch = planned_steps(self.trainer)
+        warmup_steps = min(total_steps, round(hp.warmup_epochs * steps_per_epoch))
+        cooldown_steps = min(total_steps - warmup_steps, round(hp.cooldown_epochs * steps_per_epoch))
         global_batch = self.global_batch_size()
         lr = scale_lr(hp.lr, global_batch, hp.base_batch_size)
         rank_zero_info(f"lr {hp.lr:g} x global batch {global_batch} / {hp.base_batch_size} = {lr:.4g}; "
@@ -406,7 +420,7 @@ class GLNetModule(LightningModule):
             self.model.compile(**options)
 
     def on_fit_start(self) -> None:
-        self.load_init_weights()
+        super().on_fit_start()  # the start weights first: the EMA copies them
         if self.ema is not None:
             self.ema.attach(self.model)
 
@@ -459,7 +473,7 @@ class GLNetModule(LightningModule):
             checkpoint[EMA_CHECKPOINT_KEY] = self.ema.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._init_weights_pending = False  # the checkpoint's weights, not init_weights
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get(EMA_CHECKPOINT_KEY)
         if self.ema is not None and state is not None:
             self.ema.load_state_dict(state)

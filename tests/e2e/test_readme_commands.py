@@ -80,6 +80,27 @@ README_COMMANDS = {
     "--data.token_labels /data/label_top5_train_nfnet": HERE + "test_token_labeling_commands",
     "glnet validate --config configs/imagenet_glnet_4g_tklb.yaml --data.root /data/imagenet "
     "--model.init_weights glnet_4g_tklb.pth": HERE + "test_token_labeling_commands",
+    # Semantic segmentation
+    "glnet fit --config configs/ade20k_glnet_4g_semfpn.yaml --data.root /data/ADEChallengeData2016 "
+    "--model.init_weights glnet_4g.pth": HERE + "test_segmentation_commands",
+    "glnet fit --config configs/ade20k_glnet_4g_semfpn.yaml --data.root /data/ADEChallengeData2016 "
+    "--model.init_weights glnet_4g.pth --trainer.devices 1 --trainer.strategy auto --trainer.accumulate_grad_batches 8":
+        HERE + "test_segmentation_commands",
+    "glnet fit --config configs/fashion_scenes_seg.yaml": HERE + "test_segmentation_commands",
+    "glnet predict --config configs/fashion_scenes_seg.yaml --ckpt_path runs/fashion_scenes_seg/checkpoints/best.ckpt":
+        HERE + "test_segmentation_commands",
+    "glnet export runs/fashion_scenes_seg/checkpoints/best.ckpt --format onnx --out fashion_scenes_seg.onnx":
+        HERE + "test_segmentation_commands",
+    "pip install 'glnet-lightning[dense]'": HERE + "test_set_up_commands",
+    # Detection and instance segmentation
+    "glnet fit --config configs/coco_glnet_4g_maskrcnn_1x.yaml --data.root /data/coco --model.init_weights glnet_4g.pth":
+        HERE + "test_detection_commands",
+    "glnet fit --config configs/coco_glnet_4g_maskrcnn_1x.yaml --data.root /data/coco --model.init_weights glnet_4g.pth "
+    "--trainer.devices 1 --trainer.strategy auto --trainer.accumulate_grad_batches 8": HERE + "test_detection_commands",
+    "glnet fit --config configs/fashion_scenes_det.yaml": HERE + "test_detection_commands",
+    "glnet predict --config configs/fashion_scenes_det.yaml --ckpt_path runs/fashion_scenes_det/checkpoints/best.ckpt":
+        HERE + "test_detection_commands",
+    "glnet bench glnet_stl glnet_4g --head upernet": HERE + "test_dense_bench_command",
     # Notebooks and slot figures
     "glnet viz runs/fashion_mnist/checkpoints/best.ckpt --out figures/": HERE + "test_fashion_mnist_commands",
     "pip install 'glnet-lightning[analysis]'": HERE + "test_set_up_commands",
@@ -268,7 +289,7 @@ def test_set_up_commands():
     installed = metadata.distribution("glnet-lightning")
     extras = set(installed.metadata.get_all("Provides-Extra") or [])
     for command in ["pip install 'glnet-lightning[streaming]'", "pip install 'glnet-lightning[analysis]'",
-                    "pip install 'glnet-lightning[sweeps]'"]:
+                    "pip install 'glnet-lightning[sweeps]'", "pip install 'glnet-lightning[dense]'"]:
         assert command in readme_commands()
         (extra,) = re.findall(r"\[(\w+)\]", command)
         assert extra in extras, f"{command}: glnet-lightning has no extra {extra!r} ({sorted(extras)})"
@@ -532,6 +553,101 @@ def test_imagenet_fits(machine, readme_dir, capsys):
     config = yaml.safe_load((readme_dir / "runs" / "glnet_stl" / "config.yaml").read_text())["data"]["init_args"]
     assert config["streaming"] == str(shards) and config["root"] is None and config["repeated_aug"] is False
     assert len(scalars(readme_dir / "runs" / "glnet_stl", "val/acc1")) == 1
+
+
+# ------------------------------------------------------------------------------------ dense prediction
+#: Steps and sizes of a README run of a dense config on a CPU: one training step of 2 images (64 px crops / short
+#: side), one validation batch, no sanity check (the networks are the configs' own, at full width).
+DENSE_STEPS = {"trainer.max_steps": 1, "trainer.limit_val_batches": 1, "trainer.limit_test_batches": 1,
+               "trainer.num_sanity_val_steps": 0, "trainer.log_every_n_steps": 1, "trainer.enable_progress_bar": False,
+               "data.batch_size": 2, "data.num_workers": 0}
+SEG_STEPS = {**DENSE_STEPS, "trainer.val_check_interval": 1,
+             "data.crop_size": 64, "data.scale": "[256, 64]", "data.val_batch_size": 2}
+DET_STEPS = {**DENSE_STEPS, "trainer.max_epochs": 1, "trainer.limit_train_batches": 1}
+
+
+def _demo_data(tree: Path, fashion_mnist: Path) -> list[str]:
+    """The session's small scenes tree in place of the demo's 2000 (same generator, fewer scenes)."""
+    from testkit.plugin import FASHION_SCENES
+
+    return fit_args({"data.root": tree, "data.fashion_mnist": fashion_mnist,
+                     **{f"data.{k}": v for k, v in FASHION_SCENES.items()}})
+
+
+@pytest.mark.slow
+def test_segmentation_commands(readme_dir, ade20k_tree, fashion_scenes_ade20k, fashion_mnist, conformance, capsys,
+                               caplog):
+    """ADE20K with GLNet-4G + Semantic FPN as the config builds them, from the published GLNet-4G file (its keys and
+    shapes), on 8 GPUs and on one (the README's CPU override); then the demo's fit, predict and export."""
+    torch.save({"model": published_state_dict(conformance, "glnet_4g")}, readme_dir / "glnet_4g.pth")
+    where = {"/data/ADEChallengeData2016": str(ade20k_tree)}
+    options = [*readme_cpu_override(), *fit_args(SEG_STEPS)]
+    run_dir = readme_dir / "runs" / "ade20k_glnet_4g_semfpn"
+    with caplog.at_level("INFO"):
+        ok(capsys, "glnet fit --config configs/ade20k_glnet_4g_semfpn.yaml --data.root /data/ADEChallengeData2016 "
+                   "--model.init_weights glnet_4g.pth", *options, where=where)
+    assert "init_weights: the raw weights (model) of glnet_4g.pth; not used for dense prediction: head, norm" in caplog.text
+    assert len(scalars(run_dir, "val/mIoU")) == 1
+    shutil.rmtree(run_dir)
+    ok(capsys, "glnet fit --config configs/ade20k_glnet_4g_semfpn.yaml --data.root /data/ADEChallengeData2016 "
+               "--model.init_weights glnet_4g.pth --trainer.devices 1 --trainer.strategy auto "
+               "--trainer.accumulate_grad_batches 8", *options, where=where)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["trainer"]["accumulate_grad_batches"] == 8 and config["model"]["init_args"]["head"] == "semfpn"
+    assert len(scalars(run_dir, "train/loss")) == 1  # the one optimizer step took 8 batches
+    shutil.rmtree(run_dir)
+
+    demo = [*_demo_data(fashion_scenes_ade20k, fashion_mnist), *fit_args({**SEG_STEPS, "trainer.max_steps": 2})]
+    out = ok(capsys, "glnet fit --config configs/fashion_scenes_seg.yaml", *demo)
+    assert "test/mIoU" in out
+    ok(capsys, "glnet predict --config configs/fashion_scenes_seg.yaml "
+               "--ckpt_path runs/fashion_scenes_seg/checkpoints/best.ckpt", *demo, "--trainer.limit_predict_batches", "1")
+    assert len(list((readme_dir / "runs" / "fashion_scenes_seg" / "predictions").glob("*.png"))) == 2
+    import onnx
+
+    out = ok(capsys, "glnet export runs/fashion_scenes_seg/checkpoints/best.ckpt --format onnx "
+                     "--out fashion_scenes_seg.onnx")
+    assert len(re.findall(r"max abs difference to eager at \d+x3x\d+x\d+", out)) == 2
+    onnx.checker.check_model(str(readme_dir / "fashion_scenes_seg.onnx"))
+
+
+@pytest.mark.slow
+def test_detection_commands(readme_dir, coco_tree, fashion_scenes_coco, fashion_mnist, conformance, capsys, caplog):
+    """COCO with GLNet-4G Mask R-CNN as the 1x config builds it (64 px short side), from the published GLNet-4G
+    file, on 8 GPUs and on one (the README's CPU override); then the demo's fit and its drawn predictions."""
+    torch.save({"model": published_state_dict(conformance, "glnet_4g")}, readme_dir / "glnet_4g.pth")
+    where = {"/data/coco": str(coco_tree)}
+    options = [*readme_cpu_override(), *fit_args({**DET_STEPS, "model.min_size": 64, "model.max_size": 96})]
+    run_dir = readme_dir / "runs" / "coco_glnet_4g_maskrcnn_1x"
+    with caplog.at_level("INFO"):
+        ok(capsys, "glnet fit --config configs/coco_glnet_4g_maskrcnn_1x.yaml --data.root /data/coco "
+                   "--model.init_weights glnet_4g.pth", *options, where=where)
+    assert "init_weights: the raw weights (model) of glnet_4g.pth; not used for dense prediction: head, norm" in caplog.text
+    assert len(scalars(run_dir, "val/bbox_mAP")) == 1 and len(scalars(run_dir, "val/segm_mAP")) == 1
+    shutil.rmtree(run_dir)
+    ok(capsys, "glnet fit --config configs/coco_glnet_4g_maskrcnn_1x.yaml --data.root /data/coco "
+               "--model.init_weights glnet_4g.pth --trainer.devices 1 --trainer.strategy auto "
+               "--trainer.accumulate_grad_batches 8", *options, where=where)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["trainer"]["accumulate_grad_batches"] == 8 and config["model"]["init_args"]["kind"] == "maskrcnn"
+    shutil.rmtree(run_dir)
+
+    demo = [*_demo_data(fashion_scenes_coco, fashion_mnist), *fit_args(DET_STEPS)]
+    out = ok(capsys, "glnet fit --config configs/fashion_scenes_det.yaml", *demo)
+    assert "test/bbox_mAP" in out and "test/segm_mAP" in out
+    ok(capsys, "glnet predict --config configs/fashion_scenes_det.yaml "
+               "--ckpt_path runs/fashion_scenes_det/checkpoints/best.ckpt", *demo, "--trainer.limit_predict_batches", "1")
+    run_dir = readme_dir / "runs" / "fashion_scenes_det"
+    assert len(list((run_dir / "predictions").glob("*.png"))) == 2 and (run_dir / "predictions.json").is_file()
+
+
+@pytest.mark.slow
+def test_dense_bench_command(capsys):
+    """The dense benchmark as the README runs it, at a small size: one row per backbone, the head's parameters."""
+    out = ok(capsys, "glnet bench glnet_stl glnet_4g --head upernet", "--img-size", "64x128", "--warmup", "0",
+             "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.lstrip().startswith(("glnet_stl", "glnet_4g"))]
+    assert len(rows) == 2, out
 
 
 # ------------------------------------------------------------------------------------ sweeps

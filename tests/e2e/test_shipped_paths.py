@@ -21,7 +21,7 @@ import yaml
 from glnet_lightning.cli.main import main as glnet
 from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.glnet import glnet_stl
-from testkit import CPU_OVERRIDES, fit_args, one_error_line, run_script, scalars, set_args
+from testkit import CPU_OVERRIDES, fit_args, glnet_ok, one_error_line, run_script, scalars, set_args
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGENET_CONFIGS = ["imagenet_glnet_stl.yaml", "imagenet_glnet_stl_1gpu.yaml", "imagenet_glnet_4g.yaml",
@@ -50,6 +50,14 @@ RUN_BY = {
     "sweeps/optuna_slots_kernel_imagenet.yaml":
         "tests/e2e/test_shipped_paths.py::test_optuna_imagenet_sweep_completes_trials_then_report",
     "sweeps/optuna_slots_kernel.yaml": "tests/e2e/test_shipped_paths.py::test_optuna_fashion_mnist_sweep_as_in_readme",
+    "configs/coco_glnet_4g_maskrcnn_1x.yaml": "tests/e2e/test_detection.py::test_coco_config_fits_validates_and_checkpoints",
+    "configs/coco_glnet_4g_maskrcnn_3x.yaml": "tests/e2e/test_detection.py::test_coco_config_fits_validates_and_checkpoints",
+    "configs/coco_glnet_4g_retinanet_1x.yaml": "tests/e2e/test_detection.py::test_coco_config_fits_validates_and_checkpoints",
+    "configs/fashion_scenes_det.yaml":
+        "tests/e2e/test_detection.py::test_the_demo_fits_tests_its_best_checkpoint_and_draws_predictions",
+    "configs/ade20k_glnet_4g_semfpn.yaml": "tests/e2e/test_segmentation.py::test_ade20k_config_fits_validates_and_checkpoints",
+    "configs/ade20k_glnet_4g_upernet.yaml": "tests/e2e/test_segmentation.py::test_ade20k_config_fits_validates_and_checkpoints",
+    "configs/fashion_scenes_seg.yaml": "tests/e2e/test_segmentation.py::test_the_demo_fits_and_tests_its_best_checkpoint",
 }
 
 #: sub-config files: each is run through the ImageNet configs that name it (checked below).
@@ -60,14 +68,6 @@ SUB_CONFIGS = ["configs/imagenet/data.yaml", "configs/imagenet/trainer_8gpu.yaml
 def _values(run_dir: Path, tag: str) -> list[float]:
     return [value for _, value in scalars(run_dir, tag)]
 
-
-def _in_process(capsys, *args: str) -> str:
-    """``glnet ARGS`` in this process (what the console script runs); its stdout, failing on a non-zero exit."""
-    capsys.readouterr()
-    code = glnet(list(args))
-    out, err = capsys.readouterr()
-    assert code == 0, f"glnet {' '.join(args)} -> {code}\n{out[-2000:]}\n{err[-4000:]}"
-    return out
 
 
 # ------------------------------------------------------------------------------------ the rule itself
@@ -119,13 +119,13 @@ def test_imagenet_config_fits_validates_and_checkpoints(config, imagenet_tree, t
     del ckpt  # up to 1.7 GB (GLNet-16G with optimizer and EMA state)
 
     check = tmp_path / "validate"
-    _in_process(capsys, "validate", *common, "--trainer.default_root_dir", str(check),
+    glnet_ok(capsys, "validate", *common, "--trainer.default_root_dir", str(check),
                 "--ckpt_path", str(run / "checkpoints" / "best.ckpt"))
     assert _values(check, "val/acc1") == pytest.approx(logged, abs=1e-6)
 
     # the README's "evaluate published / trained weights": --model.init_weights (EMA weights when present)
     weights = tmp_path / "weights"
-    _in_process(capsys, "validate", *common, "--trainer.default_root_dir", str(weights),
+    glnet_ok(capsys, "validate", *common, "--trainer.default_root_dir", str(weights),
                 "--model.init_weights", str(run / "checkpoints" / "best.ckpt"))
     assert _values(weights, "val/acc1") == pytest.approx(_values(run, "val_ema/acc1"), abs=1e-6)
 
@@ -140,7 +140,7 @@ def test_ablation_grid_on_imagenet_then_table(imagenet_tree, tmp_path, capsys, m
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # for the rows' fit processes, as testkit.subprocess_env
     runs = tmp_path / "runs"
     sets = set_args({"data.root": imagenet_tree, **SHORT})
-    grid = _in_process(capsys, "sweep", "grid", "sweeps/ablation_stl.yaml", "--runs", str(runs),
+    grid = glnet_ok(capsys, "sweep", "grid", "sweeps/ablation_stl.yaml", "--runs", str(runs),
                        "--only", *GRID_VARIANTS, *sets)
     assert all(f"{name}: finished" in grid for name in GRID_VARIANTS), grid
     for name in GRID_VARIANTS:
@@ -150,7 +150,7 @@ def test_ablation_grid_on_imagenet_then_table(imagenet_tree, tmp_path, capsys, m
     recorded = yaml.safe_load((runs / "kmeans_hash" / "config.yaml").read_text())["model"]["backbone"]["init_args"]
     assert recorded == {**glnet_stl().settings(), "clustering": "kmeans"}  # the whole network, one setting changed
 
-    table = _in_process(capsys, "ablation", "table", "sweeps/ablation_stl.yaml", "--runs", str(runs), "--only",
+    table = glnet_ok(capsys, "ablation", "table", "sweeps/ablation_stl.yaml", "--runs", str(runs), "--only",
                         *GRID_VARIANTS, "--no-throughput", "--format", "csv", *sets)
     rows = {row["name"]: row for row in csv.DictReader(io.StringIO(table))}
     assert list(rows) == GRID_VARIANTS
@@ -195,7 +195,7 @@ def test_optuna_imagenet_sweep_completes_trials_then_report(imagenet_tree, tmp_p
         recorded = trained["model"]["backbone"]["init_args"]
         assert recorded == {**glnet_stl().settings(), "num_slots": trial.params["num_slots"],
                             "kernel_size": trial.params["kernel_size"]}
-    report = _in_process(capsys, "sweep", "report", "--storage", storage)
+    report = glnet_ok(capsys, "sweep", "report", "--storage", storage)
     assert "2 trials (2 complete)" in report and "Pareto front" in report
 
 

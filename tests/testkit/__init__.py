@@ -116,6 +116,17 @@ def _text(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def glnet_ok(capsys, *args: str) -> str:
+    """``glnet ARGS`` in this process (what the console script runs); its stdout, failing on a non-zero exit."""
+    from glnet_lightning.cli.main import main as glnet
+
+    capsys.readouterr()
+    code = glnet(list(args))
+    out, err = capsys.readouterr()
+    assert code == 0, f"glnet {' '.join(args)} -> {code}\n{out[-2000:]}\n{err[-4000:]}"
+    return out
+
+
 def fit_args(overrides: dict) -> list[str]:
     """``--key value`` pairs as on the ``glnet fit`` command line."""
     return [arg for key, value in overrides.items() for arg in (f"--{key}", _text(value))]
@@ -152,6 +163,29 @@ def jpeg_tree(root: Path, classes: Sequence[str], per_class: dict[str, int], *,
                 seed += 1
                 relative = f"{split}/{name}/{split}_{name}_{i}.JPEG"
                 save_jpeg(root / relative, (special or {}).get(relative, "RGB"), sizes[(c + i) % len(sizes)], seed)
+    return root
+
+
+def ade20k_tree(root: Path, num_classes: int = 150, per_split: dict[str, int] | None = None, *,
+                sizes: Sequence[tuple[int, int]] = ((67, 45), (50, 71), (64, 64), (83, 59)),
+                gray: Sequence[str] = ("training/ADE_training_00000001",)) -> Path:
+    """An ``ADEChallengeData2016``-layout tree: ``images/<split>/<stem>.jpg`` random-noise JPEGs (``sizes`` (width,
+    height) cycled, the ``gray`` stems grayscale) with ``annotations/<split>/<stem>.png`` of 8 px blocks of labels
+    0..``num_classes`` (0, ADE20K's "other", in every annotation)."""
+    from PIL import Image
+
+    seed = 0
+    for split, count in (per_split or {"training": 4, "validation": 3}).items():
+        for i in range(1, count + 1):
+            seed += 1
+            stem = f"{split}/ADE_{split}_{i:08d}"
+            width, height = sizes[seed % len(sizes)]
+            save_jpeg(root / "images" / f"{stem}.jpg", "L" if stem in gray else "RGB", (width, height), seed)
+            rows, cols = np.mgrid[:height, :width]
+            labels = (rows // 8 * 3 + cols // 8 + seed) % (num_classes + 1)
+            labels[:8, :8] = 0
+            (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(labels.astype(np.uint8), "L").save(root / "annotations" / f"{stem}.png")
     return root
 
 

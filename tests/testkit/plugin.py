@@ -65,6 +65,29 @@ def fashion_mnist() -> Path:
                                                  "dataset-fashion-mnist is required")
 
 
+#: The settings of the shared fashion-scenes trees (``prepare_scenes`` keywords); tests regenerate the same
+#: scenes in memory with ``make_scenes(n, size=..., seed=..., split=...)`` to compare.
+FASHION_SCENES = {"num_train": 16, "num_val": 8, "size": 64, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def fashion_scenes_ade20k(fashion_mnist, tmp_path_factory) -> Path:
+    """:data:`FASHION_SCENES` in the ADE20K layout: the ``ADEChallengeData2016`` folder. Read only."""
+    from glnet_lightning.data.fashion_scenes import prepare_scenes
+
+    root = tmp_path_factory.mktemp("fashion_scenes_ade20k") / "ADEChallengeData2016"
+    return prepare_scenes(root, "ade20k", fashion_mnist=fashion_mnist, **FASHION_SCENES)
+
+
+@pytest.fixture(scope="session")
+def fashion_scenes_coco(fashion_mnist, tmp_path_factory) -> Path:
+    """:data:`FASHION_SCENES` in the COCO layout (``{train,val}2017/``, ``annotations/``). Read only."""
+    from glnet_lightning.data.fashion_scenes import prepare_scenes
+
+    root = tmp_path_factory.mktemp("fashion_scenes_coco") / "coco"
+    return prepare_scenes(root, "coco", fashion_mnist=fashion_mnist, **FASHION_SCENES)
+
+
 # ------------------------------------------------------------------------------------ images on disk
 @pytest.fixture(scope="session")
 def imagenet_tree(tmp_path_factory) -> Path:
@@ -75,6 +98,15 @@ def imagenet_tree(tmp_path_factory) -> Path:
     gray = {f"{split}/{classes[1]}/{split}_{classes[1]}_0.JPEG": "L" for split in ("train", "val")}
     return jpeg_tree(root, classes, {"train": 6, "val": 2},
                      sizes=[(75, 61), (120, 97), (64, 64), (97, 130), (50, 77), (143, 89)], special=gray)
+
+
+@pytest.fixture(scope="session")
+def ade20k_tree(tmp_path_factory) -> Path:
+    """What the ADE20K configs read (``testkit.ade20k_tree``): 4 training and 3 validation images at odd sizes (one
+    grayscale) with annotations holding label 0 ("other") and values up to 150. Read only: copy it to break it."""
+    from . import ade20k_tree as make_tree
+
+    return make_tree(tmp_path_factory.mktemp("ade20k") / "ADEChallengeData2016")
 
 
 @pytest.fixture(scope="session")
@@ -193,4 +225,77 @@ def imagenet_token_labels(imagenet_tree, tmp_path_factory) -> Path:
             scores *= torch.tensor([8.0, 2.0, 1.0]).view(3, 1, 1)
             label_map = torch.stack([scores, order.float().view(3, 1, 1).expand(3, 8, 8)])
             torch.save(label_map.clone(), root / name / f"{image.stem}.pt")
+    return root
+
+
+# ------------------------------------------------------------------------------------ COCO layout
+#: The categories of ``coco_tree``: ids with gaps, as COCO's (labels 1..3 in id order).
+COCO_TREE_CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "disc"}, {"id": 11, "name": "bar"}]
+
+
+@pytest.fixture(scope="session")
+def coco_tree(tmp_path_factory) -> Path:
+    """What the COCO data module must cope with: ``{train,val}2017/`` JPEGs at odd sizes (one grayscale per
+    split) and ``annotations/instances_*.json`` whose objects are solid shapes on noise, their segmentation as
+    polygons, compressed RLE and (the crowd regions, one per split) uncompressed RLE; each split has an image
+    without objects. train: 6 images, 8 objects + 1 crowd; val: 4 images, 4 objects + 1 crowd."""
+    import json
+
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    root = tmp_path_factory.mktemp("coco_tree")
+    rng = np.random.default_rng(26)
+    colours = {3: (230, 40, 40), 7: (40, 230, 40), 11: (40, 40, 230)}
+    # per split: (width, height, mode, [(category id, x, y, w, h, form)]) with form polygon / rle / crowd
+    layouts = {
+        "train2017": [(75, 61, "RGB", [(3, 5, 7, 30, 25, "polygon"), (7, 40, 20, 28, 30, "rle")]),
+                      (97, 130, "RGB", [(11, 10, 10, 20, 70, "polygon"), (3, 50, 80, 35, 40, "rle")]),
+                      (64, 64, "L", [(7, 12, 12, 30, 30, "polygon")]),
+                      (120, 97, "RGB", [(3, 60, 10, 40, 40, "polygon"), (11, 5, 50, 60, 15, "rle"),
+                                        (7, 70, 60, 45, 35, "crowd")]),
+                      (50, 77, "RGB", []),
+                      (88, 71, "RGB", [(11, 30, 5, 15, 60, "polygon")])],
+        "val2017": [(81, 67, "RGB", [(3, 10, 10, 30, 30, "polygon"), (7, 45, 25, 30, 35, "rle")]),
+                    (70, 90, "L", [(11, 20, 10, 18, 70, "polygon")]),
+                    (66, 59, "RGB", []),
+                    (99, 85, "RGB", [(7, 50, 40, 40, 40, "rle"), (3, 5, 50, 30, 30, "crowd")])],
+    }
+    (root / "annotations").mkdir()
+    next_id = 1
+    for split, images in layouts.items():
+        (root / split).mkdir()
+        document = {"images": [], "annotations": [], "categories": COCO_TREE_CATEGORIES}
+        for index, (width, height, mode, objects) in enumerate(images):
+            image_id = 100 * (split == "val2017") + index + 1
+            pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            for category, x, y, w, h, form in objects:
+                mask = np.zeros((height, width), dtype=np.uint8)
+                if category == 7:  # a disc: the mask is not its box
+                    yy, xx = np.mgrid[:height, :width]
+                    mask[((xx - x - w / 2) / (w / 2)) ** 2 + ((yy - y - h / 2) / (h / 2)) ** 2 <= 1] = 1
+                else:
+                    mask[y:y + h, x:x + w] = 1
+                pixels[mask.astype(bool)] = colours[category]
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                if form == "polygon":  # the box's outline (squares, bars) or the disc's 16-gon
+                    t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+                    points = (np.stack([x + w / 2 + w / 2 * np.cos(t), y + h / 2 + h / 2 * np.sin(t)], 1)
+                              if category == 7 else np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]]))
+                    segmentation = [points.ravel().round(2).tolist()]
+                elif form == "rle":
+                    segmentation = {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+                else:  # crowd: uncompressed RLE, as COCO writes them
+                    flat = mask.ravel(order="F")
+                    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+                    segmentation = {"size": [height, width], "counts": np.diff(np.concatenate([[0], changes])).tolist()}
+                document["annotations"].append({
+                    "id": next_id, "image_id": image_id, "category_id": category, "segmentation": segmentation,
+                    "area": float(mask.sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": int(form == "crowd")})
+                next_id += 1
+            name = f"{split}_{index:03d}.jpg"
+            Image.fromarray(pixels).convert(mode).save(root / split / name, quality=95)
+            document["images"].append({"id": image_id, "file_name": name, "width": width, "height": height})
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(document))
     return root
