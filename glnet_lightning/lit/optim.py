@@ -15,9 +15,14 @@ __all__ = ["no_weight_decay_names", "build_param_groups", "build_adamw"]
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Names the model asks to exclude from weight decay (empty if it has no ``no_weight_decay``)."""
-    fn = getattr(model, "no_weight_decay", None)
-    return set(fn()) if callable(fn) else set()
+    """Names the model and every module inside it ask to exclude from weight decay (``no_weight_decay()``), under
+    their names in ``model``: a GLNet wrapped by a segmentation model or a detector keeps its exclusions."""
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            names |= {f"{prefix}.{name}" if prefix else name for name in fn()}
+    return names
 
 
 def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

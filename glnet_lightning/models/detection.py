@@ -171,15 +171,6 @@ class _Float32Heads:
         finally:
             self.backbone.autocast_dtype = None
 
-    def no_weight_decay(self) -> set[str]:
-        """The backbone's own no-decay parameters (temperatures, slots, position biases) under their names
-        here (lit/optim.py reads this)."""
-        names: set[str] = set()
-        for prefix, module in self.named_modules():
-            if module is not self and callable(getattr(module, "no_weight_decay", None)):
-                names |= {f"{prefix}.{name}" for name in module.no_weight_decay()}
-        return names
-
 
 class GLNetMaskRCNN(_Float32Heads, MaskRCNN):
     """torchvision's ``MaskRCNN`` with the float32 heads of :class:`_Float32Heads`."""

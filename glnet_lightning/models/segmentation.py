@@ -165,13 +165,6 @@ class SegmentationModel(nn.Module):
     def head(self) -> str:
         return next(name for name, cls in HEADS.items() if isinstance(self.settings, cls))
 
-    def no_weight_decay(self) -> set[str]:
-        """The backbone's own no-decay parameters (e.g. GLNet's clustering ``tau``) under this model's names."""
-        network = getattr(self.backbone, "model", self.backbone)
-        names = network.no_weight_decay() if hasattr(network, "no_weight_decay") else ()
-        prefix = "backbone.model." if network is not self.backbone else "backbone."
-        return {prefix + name for name in names}
-
     def _decode(self, features: list[torch.Tensor]) -> torch.Tensor:
         inputs = features if isinstance(self.settings, SemanticFPNHead) else [None, None, *features]
         return self.classifier(self.dropout(self.decoder(inputs)))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from glnet_lightning.data import ADE20KDataModule
 from glnet_lightning.lit import SegmentationModule
+from glnet_lightning.lit.optim import no_weight_decay_names
 from glnet_lightning.lit.schedule import WarmupDecay
 from glnet_lightning.lit.segmentation import segmentation_scores
 from glnet_lightning.models import GLNetArgs
@@ -102,7 +103,7 @@ def test_lr_follows_the_global_batch_and_norms_get_no_decay(ade20k_tree, tmp_pat
     assert groups["decay"]["weight_decay"] == 1e-4 and groups["no_decay"]["weight_decay"] == 0.0
     no_decay = {id(p) for p in groups["no_decay"]["params"]}
     names = dict(module.model.named_parameters())
-    assert all(id(names[n]) in no_decay for n in module.model.no_weight_decay())
+    assert all(id(names[n]) in no_decay for n in no_weight_decay_names(module.model))
     norms = [m.weight for m in module.model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d,
                                                                         torch.nn.GroupNorm))]
     assert norms and all(id(w) in no_decay for w in norms)

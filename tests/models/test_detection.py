@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from glnet_lightning.lit.optim import no_weight_decay_names
 from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.dense import load_backbone_weights
 from glnet_lightning.models.detection import build_detection_model
@@ -166,7 +167,7 @@ def test_the_backbone_starts_from_reference_weights_and_reproduces_its_stage_out
 
 def test_the_backbones_no_decay_parameters_keep_their_names_in_the_detector():
     model = build_detection_model("retinanet", resolve_backbone("glnet_stl", **tiny()), 4, **SLIM)
-    names = model.no_weight_decay()
+    names = no_weight_decay_names(model)
     parameters = dict(model.named_parameters())
     assert names and all(name in parameters for name in names)
     assert {name.rsplit(".", 1)[1] for name in names} <= {"tau", "slots", "rel_pos_bias"}

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glnet_lightning.lit.optim import no_weight_decay_names
 from glnet_lightning.models.backbone import resolve_backbone
 from glnet_lightning.models.segmentation import (SemanticFPNHead, UperNetHead, _windows, build_segmentation_model,
                                                  head_settings, slide_inference)
@@ -61,7 +62,7 @@ def test_default_widths_are_mmseg_s():
 def test_weight_decay_exclusions_keep_the_backbone_s_names():
     model = _model("semfpn")
     names = dict(model.named_parameters())
-    excluded = model.no_weight_decay()
+    excluded = no_weight_decay_names(model)
     assert excluded and all(name in names for name in excluded)
     assert all(name.endswith("clustering.tau") for name in excluded)
 
