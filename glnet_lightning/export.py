@@ -16,8 +16,8 @@ model) exports that size only, with a dynamic batch. The graph computes what eag
 computes, without its CPU-only shortcuts (pixel-chunked MLPs, cropped depthwise kernels; see
 ``models/pixel_chunks.py`` and ``models/layers.py``): the same values up to float rounding.
 
-A ``SegmentationModule`` checkpoint (:func:`task_checkpoint`) exports its per-pixel logits for sides that are
-multiples of 32 (:func:`size_multiple`).
+A ``SegmentationModule`` checkpoint (read by ``analysis.checkpoints.load_model`` like any other) exports its
+per-pixel logits for sides that are multiples of 32 (:func:`size_multiple`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from torch import nn
 from glnet_lightning.errors import UserError
 
 __all__ = ["FORMATS", "MIN_SIDE", "ExportError", "StageOutputs", "check_format", "dynamic_shapes", "export_model",
-           "input_channels", "load_exported", "size_multiple", "task_checkpoint", "verify_export", "within_tolerance",
+           "input_channels", "load_exported", "size_multiple", "verify_export", "within_tolerance",
            "TOLERANCE"]
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2"}
@@ -86,25 +86,6 @@ def size_multiple(model: nn.Module) -> int:
     prove that the padded maps halve exactly stage after stage for every size, so the exported graph takes
     padded sides (pad the image with zeros after normalising, crop the logits)."""
     return int(getattr(model, "size_divisor", 1))
-
-
-def task_checkpoint(path: str | Path) -> tuple[nn.Module, int, str] | None:
-    """The network of a ``fit`` checkpoint of a task module (``SegmentationModule``), the crop side it trained at
-    and a label; None for any other file (``analysis.checkpoints.load_model`` reads GLNetModule checkpoints
-    and state dicts)."""
-    from glnet_lightning.lit import SegmentationModule
-
-    try:  # mmap: only the hyper-parameters are read unless it is a task checkpoint
-        checkpoint = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # not a zip checkpoint, missing, ...: load_model reports it in its own words
-        return None
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not isinstance(hparams, dict) or str(hparams.get("_class_path", "")).rpartition(".")[2] != "SegmentationModule":
-        return None
-    module = SegmentationModule.load_from_checkpoint(path, map_location="cpu")
-    crop = int((checkpoint.get("datamodule_hyper_parameters") or {}).get("crop_size") or 512)
-    step = checkpoint.get("global_step")
-    return module.model.eval(), crop, f"{Path(path).name}" + (f" (step {step})" if step is not None else "")
 
 
 def check_format(fmt: str) -> None:

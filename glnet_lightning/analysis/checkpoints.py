@@ -74,16 +74,26 @@ def lightning_preprocess(checkpoint: dict[str, Any]) -> Preprocess:
         except (ImportError, AttributeError):
             pass
     grayscale = len(set(mean)) == 1
-    return Preprocess(size=int(hparams.get("image_size") or 224), mean=mean, std=std, grayscale=grayscale)
+    size = hparams.get("image_size") or hparams.get("crop_size") or 224  # crop_size: a segmentation run's
+    return Preprocess(size=int(size), mean=mean, std=std, grayscale=grayscale)
 
 
-def _from_lightning(path: Path, checkpoint: dict[str, Any]) -> tuple[nn.Module, Preprocess, str]:
-    from glnet_lightning.lit import GLNetModule
+#: The task modules whose ``fit`` checkpoints :func:`load_model` can rebuild, by class name.
+TASK_MODULES = ("GLNetModule", "SegmentationModule")
 
+
+def _from_lightning(path: Path, checkpoint: dict[str, Any], tasks: tuple[str, ...]
+                    ) -> tuple[nn.Module, Preprocess, str]:
+    import glnet_lightning.lit as lit
+
+    # a module named by class_path (LightningCLI's subclass mode) is recorded; classification configs name none
+    name = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "GLNetModule")).rpartition(".")[2]
+    if name not in tasks:
+        raise CheckpointError(f"{path} is a checkpoint of {name}: this command takes those of {', '.join(tasks)}")
     try:
-        module = GLNetModule.load_from_checkpoint(path, map_location="cpu")
+        module = getattr(lit, name).load_from_checkpoint(path, map_location="cpu")
     except Exception as exc:  # a checkpoint of another LightningModule, or a stale one
-        raise CheckpointError(f"{path} is not a GLNetModule checkpoint that this version can load: {exc}") from exc
+        raise CheckpointError(f"{path} is not a {name} checkpoint that this version can load: {exc}") from exc
     step = checkpoint.get("global_step")
     return module.model, lightning_preprocess(checkpoint), f"{path.name}" + (f" (step {step})" if step is not None else "")
 
@@ -108,8 +118,9 @@ def _from_state_dict(path: Path, weights: Weights, model: tuple[str, dict[str, A
 
 
 def load_model(path: str | Path, model: str | tuple[str, dict[str, Any]] | None = None, *,
-               weights: str = "auto") -> LoadedModel:
-    """A GLNet from a ``fit`` checkpoint (``.ckpt`` of ``GLNetModule``) or a state dict file.
+               weights: str = "auto", tasks: tuple[str, ...] = ("GLNetModule",)) -> LoadedModel:
+    """A GLNet from a ``fit`` checkpoint (``.ckpt`` of one of the ``tasks`` modules, :data:`TASK_MODULES`: a
+    ``SegmentationModule`` gives its whole segmentation network) or a state dict file.
 
     For a state dict, ``model`` names its network: ``NAME[:key=value,...]`` (a named GLNet with settings
     changed, or any timm model with its arguments) or the parsed ``(name, edits)``; a published
@@ -123,7 +134,7 @@ def load_model(path: str | Path, model: str | tuple[str, dict[str, Any]] | None 
     if chosen.hyper_parameters is not None:
         if model is not None:
             raise CheckpointError(f"{path} is a Lightning checkpoint: it records its own model; drop --model")
-        built, preprocess, label = _from_lightning(path, checkpoint)
+        built, preprocess, label = _from_lightning(path, checkpoint, tasks)
     else:
         if isinstance(model, str):
             model = model_spec_arg(model)

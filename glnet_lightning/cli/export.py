@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from glnet_lightning.analysis.checkpoints import CheckpointError, load_model
+from glnet_lightning.analysis.checkpoints import TASK_MODULES, CheckpointError, load_model
 from glnet_lightning.export import (FORMATS, MIN_SIDE, TOLERANCE, ExportError, StageOutputs, check_format,
-                                    export_model, input_channels, load_exported, task_checkpoint, verify_export,
+                                    export_model, input_channels, load_exported, verify_export,
                                     within_tolerance)
 from glnet_lightning.models.weights import WEIGHTS_CHOICES, WeightsError
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  glnet export runs/glnet_stl/checkpoints/best.ckpt --format onnx --out glnet_stl.onnx\n"
                "  glnet export glnet_4g.pth --format pt2 --out glnet_4g.pt2 --img-size 224 --batch 8",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_arguments(parser, check_weights=False)
+    add_checkpoint_arguments(parser, check_weights=False, tasks=TASK_MODULES)
     parser.add_argument("--format", dest="fmt", metavar="{onnx,pt2}",
                         help="output format (default: from the --out suffix)")
     parser.add_argument("--out", type=Path, help="output file (default: the checkpoint's name with the format's suffix)")
@@ -68,15 +68,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> bool:
     """Load, export, verify; prints what it did and returns whether the file matches eager."""
-    task = task_checkpoint(args.checkpoint)  # a segmentation run: its per-pixel logits
-    if task is not None:
-        model, size, label = task
-        if args.model is not None or args.weights not in ("auto", "raw"):
-            raise ExportError(f"{args.checkpoint} is a segmentation checkpoint: it records its own model and has raw "
-                              "weights only; drop --model / --weights")
-    else:
-        loaded = load_model(args.checkpoint, args.model, weights=args.weights)
-        model, size, label = loaded.model.eval(), loaded.preprocess.size, loaded.label
+    # a classifier, or a segmentation run's whole network (its per-pixel logits)
+    loaded = load_model(args.checkpoint, args.model, weights=args.weights, tasks=TASK_MODULES)
+    model, size, label = loaded.model.eval(), loaded.preprocess.size, loaded.label
     if args.features:
         if not hasattr(model, "forward_intermediates"):
             raise ExportError(f"{type(model).__name__} has no forward_intermediates: export its logits")

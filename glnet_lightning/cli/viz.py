@@ -20,12 +20,15 @@ from .errors import CommandParser, parse_args, report
 __all__ = ["main", "add_checkpoint_arguments", "build_parser", "write_figures"]
 
 
-def add_checkpoint_arguments(parser: argparse.ArgumentParser, check_weights: bool = True) -> None:
+def add_checkpoint_arguments(parser: argparse.ArgumentParser, check_weights: bool = True,
+                             tasks: tuple[str, ...] = ("GLNetModule",)) -> None:
     """The checkpoint a command loads a model from (``analysis.checkpoints.load_model``), as ``glnet viz`` and
     ``glnet export`` both take it: the file, ``--model`` for a state dict, ``--weights`` raw or EMA.
-    ``check_weights``: argparse refuses another ``--weights`` (export checks it itself, with its own message)."""
+    ``check_weights``: argparse refuses another ``--weights`` (export checks it itself, with its own message);
+    ``tasks``: the modules whose fit checkpoints the command takes (``load_model``'s)."""
     parser.add_argument("checkpoint", type=Path,
-                        help="a fit checkpoint (.ckpt of GLNetModule) or a state dict file (published checkpoint)")
+                        help=f"a fit checkpoint (.ckpt of {' or '.join(tasks)}) or a state dict file (published "
+                             "checkpoint)")
     parser.add_argument("--model", type=model_spec_arg, metavar="NAME[:KEY=VALUE,...]",
                         help="the network of a state dict file, as in glnet bench: a named model with settings "
                              "changed, e.g. glnet_stl:num_slots=16,depths=[1,1,2,1] (published files are recognised)")

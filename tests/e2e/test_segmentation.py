@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from glnet_lightning.cli.main import main as glnet
 from glnet_lightning.lit import SegmentationModule
 from glnet_lightning.models.backbone import resolve_backbone
 from testkit import REPO, fit_args, glnet_ok, scalars, tiny_named
@@ -71,6 +72,13 @@ def test_ade20k_config_fits_validates_and_checkpoints(config, ade20k_tree, tmp_p
     out = tmp_path / f"segmentation.{EXPORTS[config]}"
     printed = glnet_ok(capsys, "export", str(run / "checkpoints" / "best.ckpt"), "--out", str(out), "--img-size", "64", "96")
     assert out.is_file() and "at 1x3x64x96" in printed and "at 2x3x96x128" in printed
+    # it records its network and has raw weights only: the checkpoint reader says so, as for a classifier's
+    capsys.readouterr()
+    assert glnet(["export", str(run / "checkpoints" / "best.ckpt"), "--out", str(out), "--weights", "ema"]) == 2
+    assert "has no EMA weights" in " ".join(capsys.readouterr().err.split())
+    # the slot figures are drawn for classifiers: a segmentation checkpoint is named as such, in one line
+    assert glnet(["viz", str(run / "checkpoints" / "best.ckpt"), "--out", str(tmp_path / "figures")]) == 2
+    assert "is a checkpoint of SegmentationModule: this command takes those of GLNetModule" in capsys.readouterr().err
 
 
 @pytest.mark.slow
