@@ -76,10 +76,12 @@ def _measuring(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def count_cost(model: nn.Module, image_size: int) -> tuple[int, int]:
-    """Parameters and forward MACs of one ``image_size`` image (the protocol's counts, untimed)."""
+def count_cost(model: nn.Module, image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """Parameters and forward MACs of one ``image_size`` image (a side, or (height, width) as the dense models'
+    512 x 2048; the protocol's counts, untimed)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     with _measuring(model):
-        return count_params(model), count_macs(model, (3, image_size, image_size))
+        return count_params(model), count_macs(model, (3, height, width))
 
 
 def inference_throughput(model: nn.Module, image_size: int, *, batch_size: int = DEFAULT_BATCH_SIZE,

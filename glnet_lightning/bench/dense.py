@@ -16,8 +16,8 @@ from torch import nn
 
 from glnet_lightning.models.backbone import resolve_backbone
 
+from .cost import count_cost
 from .errors import BenchError
-from .flops import count_macs, count_params
 from .report import cpu_flags, cpu_model, device_name, format_table
 from .spec import ModelSpec
 from .timing import Throughput, run_interleaved
@@ -101,8 +101,7 @@ def run_dense_benchmark(head: str, specs: list[ModelSpec], size: tuple[int, int]
     models, counts, steps = [], [], []
     for spec in specs:
         model = build_dense_model(head, spec, num_classes, size).to(target).eval()
-        with torch.no_grad():
-            counts.append((count_params(model), count_macs(model, (3, *size))))
+        counts.append(count_cost(model, size))
         models.append(model)
 
         def step(model: nn.Module = model) -> None:
